@@ -1,0 +1,14 @@
+"""Everything that runs in workers: the broker, actors, progress events."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from tasks.broker import Workers
+
+
+def init_app(app: Flask) -> None:
+    """Give ``app`` its (lazily built) Dramatiq broker and import the actors."""
+    import tasks.system  # noqa: F401  (declares actors)
+
+    app.extensions["crier.workers"] = Workers(app)

@@ -1,0 +1,237 @@
+"""Accounts: sign-up, sign-in with throttling, workspaces and their members."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import zoneinfo
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cache
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import delete, func, select
+
+from tenants.db import db, utcnow
+from tenants.models import LoginFailure, Membership, Role, Tenant, TenantStatus, User
+from tenants.scoping import all_tenants, tenant
+
+MIN_PASSWORD_LENGTH = 10
+LOGIN_WINDOW = timedelta(minutes=15)
+MAX_FAILURES_PER_WINDOW = 10
+
+_hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
+
+
+class AccountError(ValueError):
+    """A request about accounts that cannot be honoured; the message is for the user."""
+
+
+class TooManyAttempts(AccountError):
+    def __init__(self, retry_after: timedelta):
+        minutes = max(1, round(retry_after.total_seconds() / 60))
+        super().__init__(f"Too many failed sign-in attempts. Try again in {minutes} minute{'s' * (minutes != 1)}.")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A tenant as seen by one of its members."""
+
+    tenant: Tenant
+    role: Role
+
+
+@cache
+def _dummy_hash() -> str:
+    return _hasher.hash("not a password anyone has")
+
+
+def normalise_email(raw: str) -> str:
+    """Validate an address and return its canonical, lower-cased form."""
+    try:
+        checked = validate_email(raw.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise AccountError(str(exc)) from None
+    return checked.normalized.lower()
+
+
+def hash_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"Passwords need at least {MIN_PASSWORD_LENGTH} characters.")
+    return _hasher.hash(password)
+
+
+@cache
+def timezones() -> list[str]:
+    return sorted(zoneinfo.available_timezones())
+
+
+def check_timezone(name: str) -> str:
+    if name not in timezones():
+        raise AccountError(f"Unknown time zone: {name!r}.")
+    return name
+
+
+def slugify(name: str) -> str:
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")[:60] or "workspace"
+
+
+def _unique_slug(name: str) -> str:
+    base = slugify(name)
+    taken = set(db.session.scalars(select(Tenant.slug).where(Tenant.slug.like(f"{base}%"))))
+    slug, n = base, 2
+    while slug in taken:
+        slug, n = f"{base}-{n}", n + 1
+    return slug
+
+
+def create_workspace(owner: User, name: str, timezone: str = "UTC") -> Tenant:
+    """A new tenant with ``owner`` as its owner (not committed)."""
+    name = name.strip()
+    if not name:
+        raise AccountError("Give the workspace a name.")
+    new_tenant = Tenant(name=name[:120], slug=_unique_slug(name), timezone=check_timezone(timezone))
+    db.session.add(new_tenant)
+    db.session.flush()
+    with tenant(db.session, new_tenant.id):
+        db.session.add(Membership(tenant_id=new_tenant.id, user=owner, role=Role.OWNER))
+        db.session.flush()
+    return new_tenant
+
+
+def sign_up(email: str, password: str, workspace_name: str, timezone: str = "UTC") -> tuple[User, Tenant]:
+    """Create a user and their first workspace in one step, and commit."""
+    email = normalise_email(email)
+    if db.session.scalar(select(User.id).where(User.email == email)) is not None:
+        raise AccountError("An account with this email already exists. Sign in instead.")
+    user = User(email=email, password_hash=hash_password(password))
+    db.session.add(user)
+    new_tenant = create_workspace(user, workspace_name, timezone)
+    db.session.commit()
+    return user, new_tenant
+
+
+def _retry_after(column, value: str, now: datetime) -> timedelta | None:
+    since = now - LOGIN_WINDOW
+    count, oldest = db.session.execute(
+        select(func.count(), func.min(LoginFailure.at)).where(column == value, LoginFailure.at > since)
+    ).one()
+    if count >= MAX_FAILURES_PER_WINDOW:
+        return oldest + LOGIN_WINDOW - now
+    return None
+
+
+def authenticate(email: str, password: str, ip: str) -> User:
+    """Return the user for these credentials, or raise; failures are throttled per account and address."""
+    email_key = email.strip().lower()[:254]
+    now = utcnow()
+    waits = [w for w in (_retry_after(LoginFailure.email, email_key, now), _retry_after(LoginFailure.ip, ip, now)) if w]
+    if waits:
+        raise TooManyAttempts(max(waits))
+    user = db.session.scalar(select(User).where(User.email == email_key))
+    try:
+        # An unknown address costs the same hash as a known one, so timing does not tell them apart.
+        _hasher.verify(user.password_hash if user else _dummy_hash(), password)
+        if user is None:
+            raise VerificationError("no such user")
+    except (VerificationError, InvalidHashError):
+        db.session.execute(delete(LoginFailure).where(LoginFailure.at < now - timedelta(days=1)))
+        db.session.add(LoginFailure(email=email_key, ip=ip[:64], at=now))
+        db.session.commit()
+        raise AccountError("Wrong email or password.") from None
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher.hash(password)
+    db.session.execute(delete(LoginFailure).where(LoginFailure.email == email_key))
+    user.last_login_at = now
+    db.session.commit()
+    return user
+
+
+def workspaces_of(user: User) -> list[Workspace]:
+    """Every tenant the user belongs to, by name."""
+    with all_tenants(db.session):
+        rows = db.session.execute(
+            select(Tenant, Membership.role)
+            .join(Membership, Membership.tenant_id == Tenant.id)
+            .where(Membership.user_id == user.id)
+            .order_by(Tenant.name, Tenant.id)
+        ).all()
+    return [Workspace(t, role) for t, role in rows]
+
+
+def workspace_for(user: User, tenant_id: int) -> Workspace | None:
+    """The user's view of ``tenant_id``, or None when they are not a member of it."""
+    with all_tenants(db.session):
+        row = db.session.execute(
+            select(Tenant, Membership.role)
+            .join(Membership, Membership.tenant_id == Tenant.id)
+            .where(Membership.user_id == user.id, Tenant.id == tenant_id)
+        ).first()
+    return Workspace(*row) if row else None
+
+
+def add_member(email: str, role: Role) -> Membership:
+    """Add an existing user to the current tenant (not committed)."""
+    email = normalise_email(email)
+    user = find_user(email)
+    if user is None:
+        raise AccountError(f"No Crier account uses {email}. Ask them to sign up first, then add them.")
+    if db.session.scalar(select(Membership.id).where(Membership.user_id == user.id)) is not None:
+        raise AccountError(f"{email} is already a member of this workspace.")
+    membership = Membership(user=user, role=role)
+    db.session.add(membership)
+    db.session.flush()
+    return membership
+
+
+def _owners_left_without(membership: Membership) -> int:
+    return db.session.scalar(
+        select(func.count()).select_from(Membership).where(Membership.role == Role.OWNER, Membership.id != membership.id)
+    )
+
+
+def change_role(actor_role: Role, membership: Membership, role: Role) -> None:
+    """Give ``membership`` a new role; only owners make or unmake owners, and one owner always stays."""
+    if Role.OWNER in (role, membership.role) and actor_role is not Role.OWNER:
+        raise AccountError("Only an owner can change who owns the workspace.")
+    if membership.role is Role.OWNER and role is not Role.OWNER and _owners_left_without(membership) == 0:
+        raise AccountError("A workspace needs at least one owner.")
+    membership.role = role
+
+
+def remove_member(actor_role: Role, membership: Membership) -> None:
+    """Remove ``membership`` from its tenant, keeping at least one owner."""
+    if membership.role is Role.OWNER and actor_role is not Role.OWNER:
+        raise AccountError("Only an owner can remove an owner.")
+    if membership.role is Role.OWNER and _owners_left_without(membership) == 0:
+        raise AccountError("A workspace needs at least one owner.")
+    db.session.delete(membership)
+
+
+def find_user(email: str) -> User | None:
+    return db.session.scalar(select(User).where(User.email == normalise_email(email)))
+
+
+def make_platform_admin(email: str, password: str | None) -> tuple[User, bool]:
+    """Promote (or create) a platform admin; returns the user and whether it was created."""
+    email = normalise_email(email)
+    user = find_user(email)
+    created = user is None
+    if user is None:
+        if not password:
+            raise AccountError("A new admin account needs a password.")
+        user = User(email=email, password_hash=hash_password(password))
+        db.session.add(user)
+    elif password:
+        user.password_hash = hash_password(password)
+    user.is_platform_admin = True
+    db.session.commit()
+    return user, created
+
+
+def is_usable(workspace: Workspace | None) -> bool:
+    return workspace is not None and workspace.tenant.status is TenantStatus.ACTIVE

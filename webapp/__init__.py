@@ -1,0 +1,58 @@
+"""Crier's web application."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dotenv import load_dotenv
+from flask import Flask
+from flask_sqlalchemy.session import Session as FlaskSQLAlchemySession
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+import tasks
+from tasks.progress import socketio_channel
+from tenants import scoping
+from tenants.db import db
+from webapp import assets, auth, dashboard, errors, health, realtime, tenancy, workspaces
+from webapp.cli import crier_cli
+from webapp.config import settings
+from webapp.extensions import csrf, htmx, login_manager, migrate, socketio
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the Crier web app: configuration, extensions, tenancy, blueprints, workers."""
+    load_dotenv(PROJECT_ROOT / ".env")
+    instance = Path(os.environ.get("CRIER_INSTANCE_PATH", PROJECT_ROOT / "instance"))
+    app = Flask(__name__, instance_path=str(instance))
+    app.config.from_mapping(settings(instance))
+    app.config.from_mapping(test_config or {})
+    if app.config["TRUST_PROXY_HOPS"]:
+        hops = app.config["TRUST_PROXY_HOPS"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+
+    scoping.install(FlaskSQLAlchemySession)
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"), render_as_batch=True)
+    csrf.init_app(app)
+    htmx.init_app(app)
+    login_manager.init_app(app)
+    socketio.init_app(
+        app,
+        message_queue=app.config["REDIS_URL"],
+        channel=socketio_channel(app.config),
+        async_mode="threading",
+    )
+    tasks.init_app(app)
+
+    tenancy.init_app(app)
+    errors.init_app(app)
+    realtime.init_app(app)
+    for blueprint in (auth.bp, dashboard.bp, workspaces.bp, health.bp, assets.bp):
+        app.register_blueprint(blueprint)
+    app.cli.add_command(crier_cli)
+    return app

@@ -1,0 +1,74 @@
+"""Sign-up, sign-in and sign-out."""
+
+from __future__ import annotations
+
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_required, login_user, logout_user
+
+from tenants.accounts import AccountError, authenticate, sign_up
+from webapp.forms import LoginForm, SignupForm
+from webapp.tenancy import choose_workspace
+
+bp = Blueprint("auth", __name__)
+
+
+def _start_session(user) -> None:
+    """A fresh session for a fresh sign-in: nothing from before survives (no fixation)."""
+    session.clear()
+    login_user(user)
+    session.permanent = True
+
+
+def _safe_next() -> str:
+    target = request.args.get("next", "")
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return url_for("dashboard.index")
+
+
+@bp.route("/signup", methods=["GET", "POST"])
+def signup():
+    if current_user.is_authenticated:
+        return redirect(url_for("dashboard.index"))
+    form = SignupForm()
+    if form.validate_on_submit():
+        try:
+            user, tenant = sign_up(form.email.data, form.password.data, form.workspace_name.data, form.timezone.data)
+        except AccountError as exc:
+            form.form_errors.append(str(exc))
+        else:
+            _start_session(user)
+            choose_workspace(user, tenant.id)
+            flash(f"Welcome to Crier! Your workspace {tenant.name} is ready.", "success")
+            return redirect(url_for("dashboard.index"))
+    return render_template("auth/signup.html", form=form), 400 if form.errors or form.form_errors else 200
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    if current_user.is_authenticated:
+        return redirect(url_for("dashboard.index"))
+    form = LoginForm()
+    status = 200
+    if form.validate_on_submit():
+        try:
+            user = authenticate(form.email.data, form.password.data, request.remote_addr or "unknown")
+        except AccountError as exc:
+            form.form_errors.append(str(exc))
+            status = 429 if getattr(exc, "retry_after", None) else 401
+        else:
+            _start_session(user)
+            choose_workspace(user)
+            return redirect(_safe_next())
+    elif form.errors:
+        status = 400
+    return render_template("auth/login.html", form=form), status
+
+
+@bp.post("/logout")
+@login_required
+def logout():
+    logout_user()
+    session.clear()
+    flash("You are signed out.", "info")
+    return redirect(url_for("auth.login"))

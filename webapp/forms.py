@@ -1,0 +1,49 @@
+"""Forms (Flask-WTF gives each one its CSRF token)."""
+
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+from wtforms import EmailField, PasswordField, SelectField, StringField
+from wtforms.validators import DataRequired, Length
+
+from tenants.accounts import MIN_PASSWORD_LENGTH, timezones
+from tenants.models import Role
+
+ROLE_CHOICES = [(role.value, role.value.capitalize()) for role in Role]
+
+
+def _timezone_field() -> SelectField:
+    return SelectField("Time zone", choices=lambda: timezones(), default="UTC")  # noqa: PLW0108
+
+
+class SignupForm(FlaskForm):
+    workspace_name = StringField("Workspace name", validators=[DataRequired(), Length(max=120)])
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+    password = PasswordField(
+        "Password", validators=[DataRequired(), Length(min=MIN_PASSWORD_LENGTH, max=1024)],
+        description=f"At least {MIN_PASSWORD_LENGTH} characters.",
+    )
+    timezone = _timezone_field()
+
+
+class LoginForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
+
+
+class WorkspaceForm(FlaskForm):
+    name = StringField("Workspace name", validators=[DataRequired(), Length(max=120)])
+    timezone = _timezone_field()
+
+
+class AddMemberForm(FlaskForm):
+    email = EmailField("Email of their Crier account", validators=[DataRequired(), Length(max=254)])
+    role = SelectField("Role", choices=ROLE_CHOICES, default=Role.MEMBER.value)
+
+
+class RoleForm(FlaskForm):
+    role = SelectField("Role", choices=ROLE_CHOICES)
+
+
+class EmptyForm(FlaskForm):
+    """A button-only form: just the CSRF token."""

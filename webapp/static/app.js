@@ -1,0 +1,31 @@
+// Live updates: one Socket.IO connection per page; the server puts it in the tenant's room.
+(function () {
+  "use strict";
+
+  function setLive(state, title) {
+    const dot = document.getElementById("live-status");
+    if (dot) { dot.dataset.state = state; dot.title = "Live updates: " + title; }
+  }
+
+  function showPong(data) {
+    const status = document.getElementById("worker-status");
+    if (!status) return;
+    const p = document.createElement("p");
+    p.dataset.state = "answered";
+    p.textContent = "A worker answered in " + data.latency_ms + " ms (" + data.worker + ").";
+    status.replaceChildren(p);
+  }
+
+  function connect() {
+    if (typeof io === "undefined" || !document.getElementById("live-status")) return;
+    const socket = io({ transports: ["websocket", "polling"] });
+    window.crierSocket = socket;
+    socket.on("connect", () => setLive("live", "connected"));
+    socket.on("disconnect", () => setLive("offline", "reconnecting"));
+    socket.on("connect_error", (err) => setLive("offline", err.message));
+    socket.on("worker:pong", showPong);
+    document.dispatchEvent(new CustomEvent("crier:socket", { detail: socket }));
+  }
+
+  document.addEventListener("DOMContentLoaded", connect);
+})();

@@ -1,0 +1,86 @@
+"""Which tenant a request works for, and the decorators views use to require one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+
+from flask import Flask, abort, flash, g, redirect, session, url_for
+from flask_login import current_user
+
+from tenants.accounts import Workspace, workspace_for, workspaces_of
+from tenants.db import db
+from tenants.models import Role, User
+from tenants.scoping import all_tenants, set_tenant
+from webapp.extensions import login_manager
+
+SESSION_TENANT = "tenant_id"
+
+
+def choose_workspace(user: User, tenant_id: int | None = None) -> Workspace | None:
+    """Remember ``tenant_id`` (or the user's first workspace) as the session's tenant."""
+    workspace = workspace_for(user, tenant_id) if tenant_id else None
+    if workspace is None:
+        all_of_them = workspaces_of(user)
+        workspace = all_of_them[0] if all_of_them else None
+    session[SESSION_TENANT] = workspace.tenant.id if workspace else None
+    return workspace
+
+
+def _bind_request_tenant() -> None:
+    g.workspace = None
+    set_tenant(db.session, None)
+    if not current_user.is_authenticated:
+        return
+    tenant_id = session.get(SESSION_TENANT)
+    workspace = workspace_for(current_user, tenant_id) if tenant_id else None
+    if workspace is None:
+        workspace = choose_workspace(current_user)
+    g.workspace = workspace
+    if workspace is not None and workspace.tenant.is_active:
+        set_tenant(db.session, workspace.tenant.id)
+
+
+def member_required(view: Callable | None = None, *, manage: bool = False):
+    """Require a signed-in member of an active workspace (``manage``: an owner or admin)."""
+
+    def decorate(view: Callable) -> Callable:
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            if not current_user.is_authenticated:
+                return login_manager.unauthorized()
+            workspace: Workspace | None = g.workspace
+            if workspace is None:
+                flash("You are not a member of any workspace yet. Create one to get started.", "info")
+                return redirect(url_for("workspaces.new"))
+            if not workspace.tenant.is_active:
+                flash(f"The workspace {workspace.tenant.name} is suspended. Contact support to reactivate it.", "error")
+                return redirect(url_for("workspaces.suspended"))
+            if manage and not workspace.role.manages_members:
+                abort(403)
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorate(view) if view is not None else decorate
+
+
+def init_app(app: Flask) -> None:
+    login_manager.login_view = "auth.login"
+    login_manager.login_message = "Please sign in to continue."
+    login_manager.login_message_category = "info"
+    login_manager.session_protection = "basic"
+
+    @login_manager.user_loader
+    def load_user(user_id: str) -> User | None:
+        with all_tenants(db.session):
+            return db.session.get(User, int(user_id)) if user_id.isdigit() else None
+
+    app.before_request(_bind_request_tenant)
+
+    @app.context_processor
+    def workspace_context() -> dict:
+        def my_workspaces() -> list[Workspace]:
+            return workspaces_of(current_user) if current_user.is_authenticated else []
+
+        return {"workspace": g.get("workspace"), "my_workspaces": my_workspaces, "Role": Role}
