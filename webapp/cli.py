@@ -45,6 +45,6 @@ def serve(host: str, port: int) -> None:
     """Run only the web server (with Socket.IO)."""
     from flask import current_app
 
-    from webapp.extensions import socketio
+    from webapp.devserver import serve_web
 
-    socketio.run(current_app._get_current_object(), host=host, port=port, allow_unsafe_werkzeug=True)
+    serve_web(current_app._get_current_object(), host, port)

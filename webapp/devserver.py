@@ -56,6 +56,12 @@ def start_embedded_redis(port: int, workdir: Path) -> subprocess.Popen | None:
     return process
 
 
+def serve_web(app, host: str, port: int) -> None:
+    """The web process: Flask and Socket.IO on Werkzeug's threaded server."""
+    os.environ.pop("FLASK_RUN_FROM_CLI", None)  # Flask ignores app.run() inside `flask` commands otherwise
+    socketio.run(app, host=host, port=port, allow_unsafe_werkzeug=True, use_reloader=False, log_output=False)
+
+
 def run_everything(host: str, port: int, worker_processes: int) -> None:
     app = current_app._get_current_object()
     children: list[subprocess.Popen] = []
@@ -74,7 +80,7 @@ def run_everything(host: str, port: int, worker_processes: int) -> None:
             )
         )
         click.secho(f"Crier is running on http://{host}:{port}  (Ctrl-C stops everything)", fg="green", bold=True)
-        socketio.run(app, host=host, port=port, allow_unsafe_werkzeug=True, use_reloader=False, log_output=False)
+        serve_web(app, host, port)
     except KeyboardInterrupt:
         pass
     finally:

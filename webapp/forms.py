@@ -20,7 +20,10 @@ class SignupForm(FlaskForm):
     workspace_name = StringField("Workspace name", validators=[DataRequired(), Length(max=120)])
     email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
     password = PasswordField(
-        "Password", validators=[DataRequired(), Length(min=MIN_PASSWORD_LENGTH, max=1024)],
+        "Password", validators=[
+            DataRequired(),
+            Length(min=MIN_PASSWORD_LENGTH, max=1024, message=f"Passwords need at least {MIN_PASSWORD_LENGTH} characters."),
+        ],
         description=f"At least {MIN_PASSWORD_LENGTH} characters.",
     )
     timezone = _timezone_field()

@@ -1,0 +1,216 @@
+"""Fixtures: a fresh PostgreSQL database and Redis prefix per run, an app, users, and real processes.
+
+Defaults are the local services; override with CRIER_TEST_POSTGRES (an admin URL) and
+CRIER_TEST_REDIS.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("CRIER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("CRIER_TEST_REDIS", "redis://127.0.0.1:6379/0")
+RUN_ID = secrets.token_hex(4)
+DATABASE_NAME = f"crier_test_{RUN_ID}"
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+PASSWORD = "correct horse battery"
+CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)"')
+CSRF_INPUT = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+
+
+def _database_url(name: str) -> str:
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point every process of this run at its own database and Redis prefix, before the app is imported."""
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+    os.environ.update(
+        CRIER_ENV="test",
+        DATABASE_URL=_database_url(DATABASE_NAME),
+        REDIS_URL=REDIS_URL,
+        REDIS_PREFIX=f"crier-test-{RUN_ID}",
+        SECRET_KEY=secrets.token_hex(32),
+        CRIER_INSTANCE_PATH=tempfile.mkdtemp(prefix="crier-instance-"),
+    )
+    from flask_migrate import upgrade
+
+    from webapp import create_app
+
+    with create_app().app_context():
+        from tenants.db import db
+
+        upgrade()
+        db.engine.dispose()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE_NAME}" WITH (FORCE)')
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"crier-test-{RUN_ID}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass
+
+
+@pytest.fixture
+def app():
+    from webapp import create_app
+
+    app = create_app({"TESTING": True})
+    yield app
+    with app.app_context():
+        from tenants.db import db
+
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _clean_database() -> Iterator[None]:
+    """Every test starts from empty tables, whichever processes wrote to them."""
+    yield
+    from tenants.db import db
+
+    tables = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables)
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+def csrf_token(html: str) -> str:
+    found = CSRF_META.search(html) or CSRF_INPUT.search(html)
+    assert found, "page has no CSRF token"
+    return found.group(1)
+
+
+class Auth:
+    """What a person does at the door: sign up, sign in, sign out."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def token(self, path: str = "/login") -> str:
+        return csrf_token(self.client.get(path).get_data(as_text=True))
+
+    def signup(self, email="owner@acme.example", workspace="Acme", password=PASSWORD, timezone="UTC", **kw):
+        data = {"csrf_token": self.token("/signup"), "email": email, "workspace_name": workspace,
+                "password": password, "timezone": timezone}
+        return self.client.post("/signup", data=data, **kw)
+
+    def login(self, email="owner@acme.example", password=PASSWORD, **kw):
+        data = {"csrf_token": self.token("/login"), "email": email, "password": password}
+        return self.client.post("/login", data=data, **kw)
+
+    def logout(self):
+        return self.client.post("/logout", data={"csrf_token": self.token("/dashboard")})
+
+    def post(self, path: str, data: dict | None = None, **kw):
+        """POST as the signed-in user, with the CSRF token a page would carry."""
+        return self.client.post(path, data={"csrf_token": self.token("/dashboard"), **(data or {})}, **kw)
+
+
+@pytest.fixture
+def auth(client) -> Auth:
+    return Auth(client)
+
+
+@pytest.fixture
+def other_client(app):
+    """A second browser, for a second user."""
+    return app.test_client()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until(check, timeout: float, what: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"{what} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        if check():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"{what} did not start within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def _start(name: str, args: list[str], env_extra: dict | None = None) -> tuple[subprocess.Popen, Path]:
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = ARTIFACTS / f"{name}.log"
+    handle = log.open("w")
+    process = subprocess.Popen(
+        args, cwd=PROJECT_ROOT, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env_extra or {})}
+    )
+    return process, log
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def live_server() -> Iterator[str]:
+    """The real web process (Flask + Socket.IO) on a free port; yields its base URL."""
+    port = free_port()
+    flask = str(Path(sys.executable).with_name("flask"))
+    process, log = _start("web", [flask, "--app", "wsgi", "crier", "serve", "--port", str(port)])
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    _wait_until(healthy, 30, "the web server", process, log)
+    yield url
+    _stop(process)
+
+
+@pytest.fixture(scope="session")
+def worker_process() -> Iterator[subprocess.Popen]:
+    """A real `dramatiq worker` process consuming this run's queues."""
+    process, log = _start(
+        "worker", [sys.executable, "-m", "dramatiq", "worker:broker", "--processes", "1", "--threads", "2"]
+    )
+    _wait_until(lambda: "ready for action" in log.read_text(), 60, "the worker", process, log)
+    yield process
+    _stop(process)
