@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import ForeignKey, event
+from sqlalchemy.sql.util import find_tables
 from sqlalchemy.orm import (
     Mapped,
     ORMExecuteState,
@@ -74,8 +75,23 @@ def all_tenants(session: Session) -> Iterator[None]:
         session.info[BYPASS_KEY] = previous
 
 
-def _is_scoped(mapper) -> bool:
-    return issubclass(mapper.class_, TenantScoped)
+def _scoped_tables() -> dict[str, str]:
+    """Table name to model name, for every mapped model that mixes in :class:`TenantScoped`."""
+    found, pending = {}, list(TenantScoped.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        table = getattr(cls, "__table__", None)
+        if table is not None:
+            found[table.name] = cls.__name__
+    return found
+
+
+def _scoped_models_in(state: ORMExecuteState) -> list[str]:
+    """Tenant-owned models a statement reads or writes directly."""
+    scoped = _scoped_tables()
+    tables = find_tables(state.statement, include_crud=True, include_joins=True, include_aliases=True)
+    return sorted({scoped[t.name] for t in tables if getattr(t, "name", None) in scoped})
 
 
 def _scope_statement(state: ORMExecuteState) -> None:
@@ -85,8 +101,8 @@ def _scope_statement(state: ORMExecuteState) -> None:
         return
     tenant_id = state.session.info.get(TENANT_KEY)
     if tenant_id is None:
-        scoped = [m.class_.__name__ for m in state.all_mappers if _is_scoped(m)]
-        if scoped and not state.is_relationship_load:
+        scoped = [] if state.is_relationship_load else _scoped_models_in(state)
+        if scoped:
             raise TenantNotSet(f"no tenant set for a query on {', '.join(scoped)}")
         state.statement = state.statement.options(
             with_loader_criteria(TenantScoped, lambda cls: cls.tenant_id.is_(None), include_aliases=True)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, SelectField, StringField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length
 
 from tenants.accounts import MIN_PASSWORD_LENGTH, timezones
 from tenants.models import Role
 
-ROLE_CHOICES = [(role.value, role.value.capitalize()) for role in Role]
+ROLE_CHOICES = [SelectChoice(role.value, role.value.capitalize()) for role in Role]
 
 
 def _timezone_field() -> SelectField:

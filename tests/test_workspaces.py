@@ -1,0 +1,99 @@
+"""Several workspaces per person, switching between them, and managing members."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+
+from tenants.db import db
+from tenants.models import Membership, Tenant, TenantStatus
+from tenants.scoping import all_tenants
+from tests.conftest import Auth
+
+
+def _membership_id(app, email: str, workspace: str) -> int:
+    with app.app_context(), all_tenants(db.session):
+        from tenants.models import User
+
+        return db.session.scalar(
+            select(Membership.id).join(User).join(Tenant).where(User.email == email, Tenant.name == workspace)
+        )
+
+
+def test_create_a_second_workspace_and_switch_between_them(app, auth, client):
+    auth.signup(workspace="Acme")
+    response = auth.post("/workspaces/new", {"name": "Bravo", "timezone": "Europe/Berlin"})
+    assert response.status_code == 302
+    dashboard = client.get("/dashboard").get_data(as_text=True)
+    assert "<h1>Bravo</h1>" in dashboard and "Europe/Berlin" in dashboard
+
+    with app.app_context(), all_tenants(db.session):
+        acme_id = db.session.scalar(select(Tenant.id).where(Tenant.name == "Acme"))
+    auth.post(f"/workspaces/{acme_id}/switch")
+    assert "<h1>Acme</h1>" in client.get("/dashboard").get_data(as_text=True)
+
+
+def test_switching_to_a_workspace_you_are_not_in_is_404(app, auth, other_client):
+    auth.signup(workspace="Acme")
+    Auth(other_client).signup(email="b@bravo.example", workspace="Bravo")
+    with app.app_context(), all_tenants(db.session):
+        bravo_id = db.session.scalar(select(Tenant.id).where(Tenant.name == "Bravo"))
+    assert auth.post(f"/workspaces/{bravo_id}/switch").status_code == 404
+
+
+def test_owner_adds_an_existing_user_who_then_sees_both_workspaces(app, auth, client, other_client):
+    bob = Auth(other_client)
+    bob.signup(email="bob@bravo.example", workspace="Bravo")
+    auth.signup(workspace="Acme")
+
+    response = auth.post("/members", {"email": "BOB@bravo.example", "role": "admin"}, headers={"HX-Request": "true"})
+    fragment = response.get_data(as_text=True)
+    assert response.status_code == 200 and "<html" not in fragment
+    assert "bob@bravo.example joined as admin." in fragment
+    assert "HX-Request" in response.headers["Vary"]
+
+    page = other_client.get("/dashboard").get_data(as_text=True)
+    switcher = re.search(r'id="workspace-switcher">(.*?)</details>', page, re.S).group(1)
+    assert "Acme" in switcher and "Bravo" in switcher
+
+
+def test_adding_someone_without_an_account_says_so(auth):
+    auth.signup()
+    response = auth.post("/members", {"email": "nobody@acme.example", "role": "member"})
+    assert response.status_code == 400
+    assert "Ask them to sign up first" in response.get_data(as_text=True)
+
+
+def test_the_last_owner_cannot_be_demoted_or_removed(app, auth, client):
+    auth.signup()
+    mine = _membership_id(app, "owner@acme.example", "Acme")
+    demoted = auth.post(f"/members/{mine}", {"role": "member"})
+    assert "A workspace needs at least one owner." in demoted.get_data(as_text=True)
+    auth.post(f"/members/{mine}/remove")
+    assert "A workspace needs at least one owner." in client.get(f"/members/{mine}").get_data(as_text=True)
+
+
+def test_members_cannot_manage_members(app, auth, client, other_client):
+    Auth(other_client).signup(email="carol@crier.example", workspace="Carol's")
+    auth.signup()
+    auth.post("/members", {"email": "carol@crier.example", "role": "member"})
+    carol = Auth(other_client)
+    acme_id = None
+    with app.app_context(), all_tenants(db.session):
+        acme_id = db.session.scalar(select(Tenant.id).where(Tenant.name == "Acme"))
+    carol.post(f"/workspaces/{acme_id}/switch")
+    mine = _membership_id(app, "owner@acme.example", "Acme")
+    assert other_client.get("/members").status_code == 200
+    assert carol.post("/members", {"email": "x@crier.example", "role": "owner"}).status_code == 403
+    assert carol.post(f"/members/{mine}/remove").status_code == 403
+
+
+def test_a_suspended_workspace_shows_why(app, auth, client):
+    auth.signup()
+    with app.app_context(), all_tenants(db.session):
+        db.session.scalar(select(Tenant)).status = TenantStatus.SUSPENDED
+        db.session.commit()
+    response = client.get("/dashboard", follow_redirects=True)
+    assert response.status_code == 403
+    assert "is suspended" in response.get_data(as_text=True)
