@@ -55,7 +55,9 @@ class LazyActor:
         """Enqueue a call with the current app's broker."""
         return self.send_with_options(args=args, kwargs=kwargs)
 
-    def send_with_options(self, *, args: tuple = (), kwargs: dict | None = None, **options: Any) -> dramatiq.Message:
+    def send_with_options(
+        self, *, args: tuple = (), kwargs: dict | None = None, **options: Any
+    ) -> dramatiq.Message:
         workers: Workers = current_app.extensions["crier.workers"]
         bound = self.bind(workers.broker)
         try:

@@ -32,7 +32,9 @@ class AccountError(ValueError):
 class TooManyAttempts(AccountError):
     def __init__(self, retry_after: timedelta):
         minutes = max(1, round(retry_after.total_seconds() / 60))
-        super().__init__(f"Too many failed sign-in attempts. Try again in {minutes} minute{'s' * (minutes != 1)}.")
+        super().__init__(
+            f"Too many failed sign-in attempts. Try again in {minutes} minute{'s' * (minutes != 1)}."
+        )
         self.retry_after = retry_after
 
 
@@ -129,7 +131,11 @@ def authenticate(email: str, password: str, ip: str) -> User:
     """Return the user for these credentials, or raise; failures are throttled per account and address."""
     email_key = email.strip().lower()[:254]
     now = utcnow()
-    waits = [w for w in (_retry_after(LoginFailure.email, email_key, now), _retry_after(LoginFailure.ip, ip, now)) if w]
+    waits = [
+        w
+        for w in (_retry_after(LoginFailure.email, email_key, now), _retry_after(LoginFailure.ip, ip, now))
+        if w
+    ]
     if waits:
         raise TooManyAttempts(max(waits))
     user = db.session.scalar(select(User).where(User.email == email_key))
@@ -190,7 +196,9 @@ def add_member(email: str, role: Role) -> Membership:
 
 def _owners_left_without(membership: Membership) -> int:
     return db.session.scalar(
-        select(func.count()).select_from(Membership).where(Membership.role == Role.OWNER, Membership.id != membership.id)
+        select(func.count())
+        .select_from(Membership)
+        .where(Membership.role == Role.OWNER, Membership.id != membership.id)
     )
 
 

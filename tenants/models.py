@@ -29,7 +29,9 @@ class Role(enum.StrEnum):
 
 
 def _enum(enum_class: type[enum.Enum], name: str) -> Enum:
-    return Enum(enum_class, name=name, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e])
+    return Enum(
+        enum_class, name=name, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e]
+    )
 
 
 class Tenant(TimestampMixin, db.Model):
@@ -41,13 +43,17 @@ class Tenant(TimestampMixin, db.Model):
     name: Mapped[str] = mapped_column(String(120))
     slug: Mapped[str] = mapped_column(String(80), unique=True)
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
-    status: Mapped[TenantStatus] = mapped_column(_enum(TenantStatus, "tenant_status"), default=TenantStatus.ACTIVE)
+    status: Mapped[TenantStatus] = mapped_column(
+        _enum(TenantStatus, "tenant_status"), default=TenantStatus.ACTIVE
+    )
     daily_message_quota: Mapped[int] = mapped_column(default=10_000)
     max_pages: Mapped[int] = mapped_column(default=10)
     max_recipients_per_campaign: Mapped[int] = mapped_column(default=100_000)
     max_send_rate: Mapped[int] = mapped_column(default=100)
 
-    memberships: Mapped[list[Membership]] = relationship(back_populates="tenant", cascade="all, delete-orphan")
+    memberships: Mapped[list[Membership]] = relationship(
+        back_populates="tenant", cascade="all, delete-orphan"
+    )
 
     @property
     def is_active(self) -> bool:

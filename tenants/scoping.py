@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import ForeignKey, event
-from sqlalchemy.sql.util import find_tables
 from sqlalchemy.orm import (
     Mapped,
     ORMExecuteState,
@@ -23,6 +22,7 @@ from sqlalchemy.orm import (
     mapped_column,
     with_loader_criteria,
 )
+from sqlalchemy.sql.util import find_tables
 
 TENANT_KEY = "crier.tenant_id"
 BYPASS_KEY = "crier.all_tenants"

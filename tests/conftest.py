@@ -15,12 +15,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 import redis
+from flask import Flask
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("CRIER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -72,17 +74,34 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         pass
 
 
-@pytest.fixture
-def app():
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Let fixtures see whether the test body failed (``request.node.failed``)."""
+    report = yield
+    if report.when == "call":
+        item.failed = report.failed
+    return report
+
+
+@contextmanager
+def built_app(**config) -> Iterator[Flask]:
+    """An app for this run's database, its connections closed afterwards."""
+    from tenants.db import db
     from webapp import create_app
 
-    app = create_app({"TESTING": True})
-    yield app
-    with app.app_context():
-        from tenants.db import db
+    app = create_app({"TESTING": True, **config})
+    try:
+        yield app
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
 
-        db.session.remove()
-        db.engine.dispose()
+
+@pytest.fixture
+def app() -> Iterator[Flask]:
+    with built_app() as app:
+        yield app
 
 
 @pytest.fixture(autouse=True)
@@ -122,8 +141,13 @@ class Auth:
         return csrf_token(self.client.get(path).get_data(as_text=True))
 
     def signup(self, email="owner@acme.example", workspace="Acme", password=PASSWORD, timezone="UTC", **kw):
-        data = {"csrf_token": self.token("/signup"), "email": email, "workspace_name": workspace,
-                "password": password, "timezone": timezone}
+        data = {
+            "csrf_token": self.token("/signup"),
+            "email": email,
+            "workspace_name": workspace,
+            "password": password,
+            "timezone": timezone,
+        }
         return self.client.post("/signup", data=data, **kw)
 
     def login(self, email="owner@acme.example", password=PASSWORD, **kw):
@@ -169,10 +193,14 @@ def _wait_until(check, timeout: float, what: str, process: subprocess.Popen, log
 def _start(name: str, args: list[str], env_extra: dict | None = None) -> tuple[subprocess.Popen, Path]:
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / f"{name}.log"
-    handle = log.open("w")
-    process = subprocess.Popen(
-        args, cwd=PROJECT_ROOT, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env_extra or {})}
-    )
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            args,
+            cwd=PROJECT_ROOT,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env_extra or {})},
+        )
     return process, log
 
 

@@ -94,7 +94,9 @@ def test_session_cookie_is_httponly_and_samesite_lax(auth):
 
 
 def test_forms_without_csrf_token_are_refused(auth, client):
-    response = client.post("/signup", data={"email": "a@b.example", "workspace_name": "X", "password": PASSWORD})
+    response = client.post(
+        "/signup", data={"email": "a@b.example", "workspace_name": "X", "password": PASSWORD}
+    )
     assert response.status_code == 400
     assert "Reload the page and try again" in response.get_data(as_text=True)
     auth.signup()

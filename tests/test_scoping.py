@@ -23,7 +23,9 @@ def two_tenants(app):
             db.session.flush()
             for n in range(2):
                 user = User(email=f"{name}{n}@crier.example".lower(), password_hash=hash_password("x" * 12))
-                db.session.add(Membership(tenant_id=t.id, user=user, role=Role.OWNER if n == 0 else Role.MEMBER))
+                db.session.add(
+                    Membership(tenant_id=t.id, user=user, role=Role.OWNER if n == 0 else Role.MEMBER)
+                )
             ids.append(t.id)
         db.session.commit()
     with app.app_context():

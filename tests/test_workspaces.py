@@ -47,7 +47,9 @@ def test_owner_adds_an_existing_user_who_then_sees_both_workspaces(app, auth, cl
     bob.signup(email="bob@bravo.example", workspace="Bravo")
     auth.signup(workspace="Acme")
 
-    response = auth.post("/members", {"email": "BOB@bravo.example", "role": "admin"}, headers={"HX-Request": "true"})
+    response = auth.post(
+        "/members", {"email": "BOB@bravo.example", "role": "admin"}, headers={"HX-Request": "true"}
+    )
     fragment = response.get_data(as_text=True)
     assert response.status_code == 200 and "<html" not in fragment
     assert "bob@bravo.example joined as admin." in fragment

@@ -1,4 +1,4 @@
-"""Front-end libraries served straight from ``node_modules`` (installed from package.json, never committed)."""
+"""Front-end libraries served from node_modules (installed from package.json, never committed)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,9 @@ def signup():
     form = SignupForm()
     if form.validate_on_submit():
         try:
-            user, tenant = sign_up(form.email.data, form.password.data, form.workspace_name.data, form.timezone.data)
+            user, tenant = sign_up(
+                form.email.data, form.password.data, form.workspace_name.data, form.timezone.data
+            )
         except AccountError as exc:
             form.form_errors.append(str(exc))
         else:

@@ -6,21 +6,25 @@ import click
 from flask.cli import AppGroup
 
 from tenants.accounts import AccountError, find_user, make_platform_admin
-from tenants.scoping import all_tenants
 from tenants.db import db
+from tenants.scoping import all_tenants
 
 crier_cli = AppGroup("crier", help="Crier administration.")
 
 
 @crier_cli.command("create-admin")
 @click.argument("email")
-@click.option("--password", envvar="CRIER_ADMIN_PASSWORD", help="Password for a new account (prompted if absent).")
+@click.option(
+    "--password", envvar="CRIER_ADMIN_PASSWORD", help="Password for a new account (prompted if absent)."
+)
 def create_admin(email: str, password: str | None) -> None:
     """Make EMAIL a platform admin, creating the account if needed."""
     with all_tenants(db.session):
         try:
             if password is None and find_user(email) is None:
-                password = click.prompt("Password for the new admin", hide_input=True, confirmation_prompt=True)
+                password = click.prompt(
+                    "Password for the new admin", hide_input=True, confirmation_prompt=True
+                )
             user, created = make_platform_admin(email, password)
         except AccountError as exc:
             raise click.ClickException(str(exc)) from None

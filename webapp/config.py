@@ -56,5 +56,7 @@ def settings(instance: Path, env: Mapping[str, str] = os.environ) -> dict[str, A
         "REMEMBER_COOKIE_SECURE": production,
         "MAX_CONTENT_LENGTH": int(env.get("MAX_UPLOAD_BYTES", 50 * 1024 * 1024)),
         "WTF_CSRF_TIME_LIMIT": None,
-        "NODE_MODULES": Path(env.get("CRIER_NODE_MODULES", Path(__file__).resolve().parent.parent / "node_modules")),
+        "NODE_MODULES": Path(
+            env.get("CRIER_NODE_MODULES", Path(__file__).resolve().parent.parent / "node_modules")
+        ),
     }

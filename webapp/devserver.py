@@ -44,8 +44,21 @@ def start_embedded_redis(port: int, workdir: Path) -> subprocess.Popen | None:
         return None
     workdir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--loglevel", "warning"],
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--loglevel",
+            "warning",
+        ],
     )
     deadline = time.monotonic() + 10
     while not _answers(url):
@@ -74,12 +87,23 @@ def run_everything(host: str, port: int, worker_processes: int) -> None:
         env = {**os.environ, "REDIS_URL": app.config["REDIS_URL"]}
         children.append(
             subprocess.Popen(
-                [sys.executable, "-m", "dramatiq", "worker:broker", "--processes", str(worker_processes),
-                 "--threads", "8"],
-                cwd=PROJECT_ROOT, env=env,
+                [
+                    sys.executable,
+                    "-m",
+                    "dramatiq",
+                    "worker:broker",
+                    "--processes",
+                    str(worker_processes),
+                    "--threads",
+                    "8",
+                ],
+                cwd=PROJECT_ROOT,
+                env=env,
             )
         )
-        click.secho(f"Crier is running on http://{host}:{port}  (Ctrl-C stops everything)", fg="green", bold=True)
+        click.secho(
+            f"Crier is running on http://{host}:{port}  (Ctrl-C stops everything)", fg="green", bold=True
+        )
         serve_web(app, host, port)
     except KeyboardInterrupt:
         pass

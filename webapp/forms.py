@@ -14,16 +14,21 @@ ROLE_CHOICES = [SelectChoice(role.value, role.value.capitalize()) for role in Ro
 
 
 def _timezone_field() -> SelectField:
-    return SelectField("Time zone", choices=lambda: timezones(), default="UTC")  # noqa: PLW0108
+    return SelectField("Time zone", choices=lambda: timezones(), default="UTC")
 
 
 class SignupForm(FlaskForm):
     workspace_name = StringField("Workspace name", validators=[DataRequired(), Length(max=120)])
     email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
     password = PasswordField(
-        "Password", validators=[
+        "Password",
+        validators=[
             DataRequired(),
-            Length(min=MIN_PASSWORD_LENGTH, max=1024, message=f"Passwords need at least {MIN_PASSWORD_LENGTH} characters."),
+            Length(
+                min=MIN_PASSWORD_LENGTH,
+                max=1024,
+                message=f"Passwords need at least {MIN_PASSWORD_LENGTH} characters.",
+            ),
         ],
         description=f"At least {MIN_PASSWORD_LENGTH} characters.",
     )

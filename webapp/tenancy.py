@@ -54,7 +54,10 @@ def member_required(view: Callable | None = None, *, manage: bool = False):
                 flash("You are not a member of any workspace yet. Create one to get started.", "info")
                 return redirect(url_for("workspaces.new"))
             if not workspace.tenant.is_active:
-                flash(f"The workspace {workspace.tenant.name} is suspended. Contact support to reactivate it.", "error")
+                flash(
+                    f"The workspace {workspace.tenant.name} is suspended. Contact support to reactivate it.",
+                    "error",
+                )
                 return redirect(url_for("workspaces.suspended"))
             if manage and not workspace.role.manages_members:
                 abort(403)

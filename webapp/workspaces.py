@@ -6,7 +6,14 @@ from flask import Blueprint, abort, flash, g, redirect, render_template, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
-from tenants.accounts import AccountError, add_member, change_role, create_workspace, remove_member, workspace_for
+from tenants.accounts import (
+    AccountError,
+    add_member,
+    change_role,
+    create_workspace,
+    remove_member,
+    workspace_for,
+)
 from tenants.db import db
 from tenants.models import Membership, Role, User
 from webapp.forms import AddMemberForm, EmptyForm, RoleForm, WorkspaceForm
@@ -54,7 +61,9 @@ def _members() -> list[tuple[Membership, User]]:
 
 
 def _members_page(form: AddMemberForm, status: int = 200, notice: str | None = None):
-    return render_page("workspaces/members.html", "member_list", status, members=_members(), form=form, notice=notice)
+    return render_page(
+        "workspaces/members.html", "member_list", status, members=_members(), form=form, notice=notice
+    )
 
 
 @bp.get("/members")
@@ -93,7 +102,9 @@ def edit(membership_id: int):
             db.session.commit()
             flash(f"{membership.user.email} is now {membership.role.value}.", "success")
             return redirect(url_for("workspaces.members"))
-    return render_template("workspaces/member.html", membership=membership, form=form, remove_form=EmptyForm())
+    return render_template(
+        "workspaces/member.html", membership=membership, form=form, remove_form=EmptyForm()
+    )
 
 
 @bp.post("/members/<int:membership_id>/remove")

@@ -1,0 +1,88 @@
+"""With Redis stopped, Crier still serves every page; only work for the workers is refused, clearly."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import redis
+
+from tests.conftest import Auth, built_app, free_port
+from webapp.devserver import redis_server_binary
+
+
+@pytest.fixture
+def disposable_redis():
+    """A Redis of our own, so the test can stop it; yields (url, stop)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            subprocess.run(["sleep", "0.05"], check=True)
+    client.close()
+
+    def stop() -> None:
+        process.terminate()
+        process.wait(timeout=10)
+
+    yield url, stop
+    if process.poll() is None:
+        stop()
+
+
+def test_pages_sign_up_and_login_work_while_redis_is_down(disposable_redis):
+    url, stop_redis = disposable_redis
+    with built_app(REDIS_URL=url, REDIS_PREFIX="crier-redis-down") as app:
+        _check_everything_but_workers_works(app, stop_redis)
+
+
+def _check_everything_but_workers_works(app, stop_redis) -> None:
+    client = app.test_client()
+    auth = Auth(client)
+    auth.signup()
+    assert "waiting for an answer" in auth.post("/workers/ping", headers={"HX-Request": "true"}).get_data(
+        as_text=True
+    )
+
+    stop_redis()
+
+    pages = sorted(
+        rule.rule
+        for rule in app.url_map.iter_rules()
+        if "GET" in rule.methods and not rule.arguments and rule.endpoint != "dashboard.home"
+    )
+    assert {"/dashboard", "/members", "/healthz", "/workspaces/new", "/login", "/signup"} <= set(pages)
+    for page in pages:
+        response = client.get(page)
+        assert response.status_code in (200, 302, 403), (
+            f"{page} answered {response.status_code} with Redis down"
+        )
+
+    refused = auth.post("/workers/ping", headers={"HX-Request": "true"})
+    assert refused.status_code == 503
+    assert "background workers unreachable:" in refused.get_data(as_text=True)
+    assert "Traceback" not in refused.get_data(as_text=True)
+    assert client.get("/healthz").get_json()["redis"] == "unreachable"
+
+    auth.logout()
+    assert auth.login().status_code == 302
+    newcomer = Auth(app.test_client())
+    assert newcomer.signup(email="new@crier.example", workspace="New").status_code == 302
