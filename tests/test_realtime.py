@@ -54,7 +54,9 @@ def test_worker_event_reaches_only_the_tenants_own_browsers(live_server, worker_
         while not alice.pongs and time.monotonic() < deadline:
             time.sleep(0.05)
         assert alice.pongs, "the worker's event never reached Acme's browser"
-        assert alice.pongs[0]["latency_ms"] >= 0 and ":" in alice.pongs[0]["worker"]
+        pong = alice.pongs[0]
+        assert pong["tenant"] == "Acme", "the worker read the tenant from the database"
+        assert pong["latency_ms"] >= 0 and ":" in pong["worker"]
         time.sleep(1.0)
         assert bob.pongs == [], "Bravo's browser heard Acme's event"
     finally:

@@ -48,6 +48,14 @@ def disposable_redis():
         stop()
 
 
+def test_building_the_app_and_its_broker_never_connects_to_redis():
+    closed_port = free_port()
+    with built_app(REDIS_URL=f"redis://127.0.0.1:{closed_port}/0") as app:
+        workers = app.extensions["crier.workers"]
+        assert workers.broker.actors["ping_workers"].queue_name == "default"
+        assert app.test_client().get("/login").status_code == 200
+
+
 def test_pages_sign_up_and_login_work_while_redis_is_down(disposable_redis):
     url, stop_redis = disposable_redis
     with built_app(REDIS_URL=url, REDIS_PREFIX="crier-redis-down") as app:
