@@ -1,0 +1,96 @@
+"""The one small interface every provider adapter implements.
+
+An adapter builds the provider's request for one message, sends it asynchronously over a
+shared client, and classifies the answer into an :class:`Outcome`. It never raises for a
+provider's answer, a timeout or a connection error: those are outcomes too.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+
+class ProviderKind(enum.StrEnum):
+    MESSENGER = "messenger"
+    WHATSAPP = "whatsapp"
+    EVOLUTION = "evolution"
+    SMTP = "smtp"
+    WEBHOOK = "webhook"
+
+
+class Outcome(enum.StrEnum):
+    SENT = "sent"  # accepted; provider_message_id is set
+    TRANSIENT = "transient"  # timeout, connection error, 5xx, malformed answer: retry later
+    THROTTLED = "throttled"  # the whole page must slow down (429, 130429, 80007, 4, 613, SMTP 421/450/454)
+    RECIPIENT_PACED = "recipient_paced"  # only this recipient must wait (WhatsApp 131056)
+    PAGE_FATAL = "page_fatal"  # stop using the page: bad/expired token, spam limit, policy block
+    PERMANENT = "permanent"  # this recipient can never get it: invalid/unreachable, outside window, SMTP 5xx
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateRef:
+    """An approved WhatsApp template: name, language and body parameters in order."""
+
+    name: str
+    language: str
+    body_parameters: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One rendered message for one recipient.
+
+    ``reference`` is Crier's delivery id; adapters send it in the provider's own reference
+    field (WhatsApp ``biz_opaque_callback_data``, Messenger ``message.metadata``, an
+    ``X-Crier-Delivery`` mail header, the webhook body) so receipts and the sandbox ledger
+    can be matched to deliveries.
+    """
+
+    reference: str
+    recipient: str  # E.164 phone, Messenger page-scoped id, email address, or contact id (webhook)
+    text: str
+    subject: str | None = None
+    html: str | None = None
+    media_url: str | None = None
+    template: TemplateRef | None = None
+    unsubscribe_url: str | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    outcome: Outcome
+    provider_message_id: str | None = None
+    code: str | None = None  # the provider's error code (HTTP status, Graph code[/subcode], SMTP code)
+    detail: str | None = None  # the provider's error text, or what went wrong locally
+    retry_after: float | None = None  # seconds, from Retry-After or the provider's hint
+    maybe_delivered: bool = False  # the request may have reached the provider (read timeout, garbled 2xx)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    ok: bool
+    detail: str  # what the provider said, for the user ("Acme Support (+1 555…) quality GREEN")
+    code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PageConnection:
+    """What an adapter needs to know about a page (credentials already decrypted)."""
+
+    kind: ProviderKind
+    base_url: str
+    credentials: dict[str, str]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+class ProviderAdapter(Protocol):
+    kind: ClassVar[ProviderKind]
+
+    async def send(self, message: OutgoingMessage) -> SendResult: ...
+
+    async def verify(self) -> VerifyResult: ...
+
+    async def aclose(self) -> None: ...
