@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import DateTime, MetaData, event
+import enum
+
+from sqlalchemy import JSON, DateTime, Enum, MetaData, event
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry
 from sqlalchemy.types import TypeDecorator
@@ -43,6 +46,14 @@ class UTCDateTime(TypeDecorator):
         return value
 
 
+def str_enum(enum_class: type[enum.Enum], name: str) -> Enum:
+    """A Python enum stored as its string values (portable: no native database enum types)."""
+    return Enum(enum_class, name=name, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e])
+
+
+JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+
+
 class Base(DeclarativeBase):
     registry = registry(
         metadata=MetaData(naming_convention=NAMING_CONVENTION), type_annotation_map={datetime: UTCDateTime()}
@@ -51,6 +62,7 @@ class Base(DeclarativeBase):
 
 class TimestampMixin:
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 db = SQLAlchemy(model_class=Base)

@@ -6,10 +6,10 @@ import enum
 from datetime import datetime
 
 from flask_login import UserMixin
-from sqlalchemy import Enum, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from tenants.db import TimestampMixin, db, utcnow
+from tenants.db import TimestampMixin, db, str_enum, utcnow
 from tenants.scoping import TenantScoped
 
 
@@ -28,12 +28,6 @@ class Role(enum.StrEnum):
         return self in (Role.OWNER, Role.ADMIN)
 
 
-def _enum(enum_class: type[enum.Enum], name: str) -> Enum:
-    return Enum(
-        enum_class, name=name, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e]
-    )
-
-
 class Tenant(TimestampMixin, db.Model):
     """A business using Crier, with its plan limits."""
 
@@ -44,7 +38,7 @@ class Tenant(TimestampMixin, db.Model):
     slug: Mapped[str] = mapped_column(String(80), unique=True)
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     status: Mapped[TenantStatus] = mapped_column(
-        _enum(TenantStatus, "tenant_status"), default=TenantStatus.ACTIVE
+        str_enum(TenantStatus, "tenant_status"), default=TenantStatus.ACTIVE
     )
     daily_message_quota: Mapped[int] = mapped_column(default=10_000)
     max_pages: Mapped[int] = mapped_column(default=10)
@@ -82,7 +76,7 @@ class Membership(TenantScoped, TimestampMixin, db.Model):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    role: Mapped[Role] = mapped_column(_enum(Role, "membership_role"), default=Role.MEMBER)
+    role: Mapped[Role] = mapped_column(str_enum(Role, "membership_role"), default=Role.MEMBER)
 
     tenant: Mapped[Tenant] = relationship(back_populates="memberships")
     user: Mapped[User] = relationship(back_populates="memberships")

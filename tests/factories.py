@@ -2,26 +2,85 @@
 
 The isolation walk requires a factory here for every model that mixes in
 ``TenantScoped``: a new model without one fails that test with a message naming it.
+Factories run inside the tenant's scope, in the order below (later ones may use
+earlier rows through ``made``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from sqlalchemy import select
+
 from tenants.accounts import hash_password
-from tenants.db import db
+from tenants.contacts import Contact, ContactChannelId
+from tenants.db import db, utcnow
+from tenants.events import InboundMessage, Receipt, ReceiptStatus, WebhookEvent
 from tenants.models import Membership, Role, Tenant, User
+from tenants.pages import Page, ProviderKind, apply_form
 
-Factory = Callable[[Tenant], object]
+Factory = Callable[[Tenant, dict], object]
 
 
-def make_membership(tenant: Tenant) -> Membership:
+def make_membership(tenant: Tenant, made: dict) -> Membership:
     user = User(email=f"member-{tenant.id}@crier.example", password_hash=hash_password("a member password"))
     membership = Membership(tenant_id=tenant.id, user=user, role=Role.MEMBER)
     db.session.add(membership)
     return membership
 
 
+def make_page(tenant: Tenant, made: dict, kind: ProviderKind = ProviderKind.WHATSAPP, **settings) -> Page:
+    page = apply_form(
+        Page(kind=kind), name=f"{tenant.name} WhatsApp", base_url="http://127.0.0.1:9/", send_rate=80, daily_cap=None,
+        credentials={"access_token": f"token-of-{tenant.slug}-1234", "app_secret": f"secret-of-{tenant.slug}",
+                     "verify_token": f"verify-{tenant.slug}"},
+        settings={"phone_number_id": f"1000{tenant.id}", **settings},
+    )
+    db.session.add(page)
+    return page
+
+
+def make_contact(tenant: Tenant, made: dict) -> Contact:
+    contact = Contact(phone=f"+55119612{tenant.id:05d}", email=f"person-{tenant.id}@crier.example", first_name="Ana")
+    db.session.add(contact)
+    return contact
+
+
+def make_channel_id(tenant: Tenant, made: dict) -> ContactChannelId:
+    row = ContactChannelId(contact_id=made[Contact].id, page_id=made[Page].id, external_id=f"psid-{tenant.id}")
+    db.session.add(row)
+    return row
+
+
+def make_webhook_event(tenant: Tenant, made: dict) -> WebhookEvent:
+    event = WebhookEvent(page_id=made[Page].id, kind=ProviderKind.WHATSAPP, body="{}")
+    db.session.add(event)
+    return event
+
+
+def make_receipt(tenant: Tenant, made: dict) -> Receipt:
+    receipt = Receipt(page_id=made[Page].id, status=ReceiptStatus.DELIVERED, provider_message_id=f"wamid.{tenant.id}",
+                      occurred_at=utcnow())
+    db.session.add(receipt)
+    return receipt
+
+
+def make_inbound_message(tenant: Tenant, made: dict) -> InboundMessage:
+    message = InboundMessage(page_id=made[Page].id, sender="5511961200000", text="hi", received_at=utcnow())
+    db.session.add(message)
+    return message
+
+
 FACTORIES: dict[type, Factory] = {
     Membership: make_membership,
+    Page: make_page,
+    Contact: make_contact,
+    ContactChannelId: make_channel_id,
+    WebhookEvent: make_webhook_event,
+    Receipt: make_receipt,
+    InboundMessage: make_inbound_message,
 }
+
+
+def tenant_named(name: str) -> Tenant:
+    return db.session.scalar(select(Tenant).where(Tenant.name == name))

@@ -3,7 +3,9 @@
 It needs no list of routes: it reads the app's URL map, so routes added by later work
 are walked automatically. Arguments named ``<something>_id`` are object ids; each must
 name a tenant-owned model (``membership_id`` → ``Membership``) with a factory in
-``tests/factories.py``, or be ``tenant_id``.
+``tests/factories.py``, or be ``tenant_id``. ``kind`` is the provider kind of the
+factory's page. Views marked ``signed_public`` (provider webhooks) take no session:
+for them another party without the page's secret must get 401 or 403.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from werkzeug.routing import Rule
 
 from tenants.db import db
 from tenants.models import Tenant
+from tenants.pages import Page
 from tenants.scoping import TenantScoped, tenant
 from tests.factories import FACTORIES
 
@@ -29,18 +32,20 @@ def tenant_scoped_models() -> list[type]:
     return [m.class_ for m in db.Model.registry.mappers if issubclass(m.class_, TenantScoped)]
 
 
-def objects_of(tenant_row: Tenant) -> dict[str, int]:
-    """Create one object of every tenant-owned model for ``tenant_row``; argument name to id."""
+def objects_of(tenant_row: Tenant) -> dict[str, int | str]:
+    """Create one object of every tenant-owned model for ``tenant_row``; URL argument name to value."""
     missing = [m.__name__ for m in tenant_scoped_models() if m not in FACTORIES]
     assert not missing, f"add factories for {missing} to tests/factories.py so the isolation walk covers them"
-    ids = {"tenant_id": tenant_row.id}
+    values: dict[str, int | str] = {"tenant_id": tenant_row.id}
+    made: dict[type, object] = {}
     with tenant(db.session, tenant_row.id):
-        for model in tenant_scoped_models():
-            row = FACTORIES[model](tenant_row)
+        for model, factory in FACTORIES.items():
+            made[model] = factory(tenant_row, made)
             db.session.flush()
-            ids[id_argument(model)] = row.id
+            values[id_argument(model)] = made[model].id
+        values["kind"] = made[Page].kind.value
         db.session.commit()
-    return ids
+    return values
 
 
 def object_rules(app: Flask, known: set[str]) -> list[Rule]:
@@ -48,9 +53,13 @@ def object_rules(app: Flask, known: set[str]) -> list[Rule]:
     rules, unknown = [], set()
     for rule in app.url_map.iter_rules():
         id_args = {a for a in rule.arguments if a.endswith("_id")}
-        if not id_args or id_args != set(rule.arguments):
+        if not id_args or not set(rule.arguments) <= known | id_args:
             continue
         unknown |= id_args - known
         rules.append(rule)
     assert not unknown, f"no factory gives ids for {sorted(unknown)}: name the argument after its model"
     return rules
+
+
+def is_signed_public(app: Flask, rule: Rule) -> bool:
+    return getattr(app.view_functions[rule.endpoint], "signed_public", False)

@@ -1,36 +1,45 @@
-"""Tenant B gets 404 for every object URL of tenant A."""
+"""Tenant B gets 404 for every object URL of tenant A (and no way into A's webhooks)."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tenants.db import db
-from tenants.models import Tenant
+from tenants.events import WebhookEvent
 from tenants.scoping import all_tenants
 from tests.conftest import Auth, csrf_token
-from tests.isolation import SKIPPED_METHODS, object_rules, objects_of
+from tests.factories import tenant_named
+from tests.isolation import SKIPPED_METHODS, is_signed_public, object_rules, objects_of
 
 
 def test_every_object_url_of_another_tenant_is_404(app, client, other_client):
     Auth(client).signup(email="a@acme.example", workspace="A")
     Auth(other_client).signup(email="b@bravo.example", workspace="B")
     with app.app_context(), all_tenants(db.session):
-        a_ids = objects_of(db.session.scalar(select(Tenant).where(Tenant.slug == "a")))
+        a_values = objects_of(tenant_named("A"))
+        events_before = db.session.scalar(select(func.count()).select_from(WebhookEvent))
 
-    rules = object_rules(app, set(a_ids))
-    assert {r.endpoint for r in rules} >= {"workspaces.switch", "workspaces.edit", "workspaces.remove"}
+    rules = object_rules(app, set(a_values))
+    assert {r.endpoint for r in rules} >= {
+        "workspaces.switch", "workspaces.edit", "workspaces.remove", "pages.show", "pages.verify",
+        "pages.test_send", "pages.delete", "webhooks.receive", "webhooks.handshake",
+    }
     token = csrf_token(other_client.get("/dashboard").get_data(as_text=True))
     walked = []
     for rule in rules:
-        url = rule.build({arg: a_ids[arg] for arg in rule.arguments})[1]
+        url = rule.build({arg: a_values[arg] for arg in rule.arguments})[1]
+        expected = {401, 403} if is_signed_public(app, rule) else {404}
         for method in sorted(rule.methods - SKIPPED_METHODS):
-            response = other_client.open(url, method=method, headers={"X-CSRFToken": token}, data={})
-            assert response.status_code == 404, f"{method} {url} gave {response.status_code} to tenant B"
+            response = other_client.open(url, method=method, headers={"X-CSRFToken": token}, data={"text": "x"})
+            assert response.status_code in expected, f"{method} {url} gave {response.status_code} to tenant B"
             walked.append(f"{method} {url}")
+
+    with app.app_context(), all_tenants(db.session):
+        assert db.session.scalar(select(func.count()).select_from(WebhookEvent)) == events_before
 
     # The walk is not vacuous: tenant A's owner reaches the same pages.
     for rule in rules:
-        if "GET" in rule.methods:
-            url = rule.build({arg: a_ids[arg] for arg in rule.arguments})[1]
+        if "GET" in rule.methods and not is_signed_public(app, rule):
+            url = rule.build({arg: a_values[arg] for arg in rule.arguments})[1]
             assert client.get(url).status_code == 200, url
-    assert len(walked) >= 4
+    assert len(walked) >= 10

@@ -13,10 +13,11 @@ from flask_sqlalchemy.session import Session as FlaskSQLAlchemySession
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import tasks
+import tenants.registry  # noqa: F401  (every model, for the metadata)
 from tasks.progress import socketio_channel
 from tenants import scoping
 from tenants.db import db
-from webapp import assets, auth, dashboard, errors, health, realtime, tenancy, workspaces
+from webapp import assets, auth, dashboard, errors, health, pages, realtime, tenancy, webhooks, workspaces
 from webapp.cli import crier_cli
 from webapp.config import settings
 from webapp.extensions import csrf, htmx, login_manager, migrate, socketio
@@ -52,7 +53,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     tenancy.init_app(app)
     errors.init_app(app)
     realtime.init_app(app)
-    for blueprint in (auth.bp, dashboard.bp, workspaces.bp, health.bp, assets.bp):
+    csrf.exempt(webhooks.bp)
+    for blueprint in (auth.bp, dashboard.bp, workspaces.bp, pages.bp, webhooks.bp, health.bp, assets.bp):
         app.register_blueprint(blueprint)
     app.cli.add_command(crier_cli)
     return app

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cryptography.fernet import Fernet
+
 EMBEDDED_REDIS_PORT = 6390
 
 
@@ -32,6 +34,14 @@ def instance_secret(instance: Path, name: str, make: Any = lambda: secrets.token
     return path.read_text().strip()
 
 
+def _encryption_keys(env: Mapping[str, str], instance: Path) -> list[bytes]:
+    """Fernet keys, newest first: ``CRIER_ENCRYPTION_KEYS`` (comma-separated) or one kept in ``instance/``."""
+    raw = env.get("CRIER_ENCRYPTION_KEYS") or instance_secret(
+        instance, "encryption_key", lambda: Fernet.generate_key().decode()
+    )
+    return [key.strip().encode() for key in raw.split(",") if key.strip()]
+
+
 def settings(instance: Path, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """Every setting Crier reads, from ``env``; see the README's configuration table."""
     crier_env = env.get("CRIER_ENV", "development")
@@ -41,6 +51,10 @@ def settings(instance: Path, env: Mapping[str, str] = os.environ) -> dict[str, A
     return {
         "CRIER_ENV": crier_env,
         "SECRET_KEY": env.get("SECRET_KEY") or instance_secret(instance, "secret_key"),
+        "ENCRYPTION_KEYS": _encryption_keys(env, instance),
+        "SANDBOX_URL": env.get("CRIER_SANDBOX_URL", "http://127.0.0.1:8025"),
+        "SANDBOX_SMTP_PORT": int(env.get("CRIER_SANDBOX_SMTP_PORT", "8026")),
+        "PUBLIC_URL": env.get("CRIER_PUBLIC_URL", ""),
         "SQLALCHEMY_DATABASE_URI": database_url(env.get("DATABASE_URL"), instance),
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
         "REDIS_URL": redis_url or f"redis://127.0.0.1:{embedded_port}/0",

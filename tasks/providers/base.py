@@ -11,13 +11,18 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from tenants.pages import ProviderKind
 
-class ProviderKind(enum.StrEnum):
-    MESSENGER = "messenger"
-    WHATSAPP = "whatsapp"
-    EVOLUTION = "evolution"
-    SMTP = "smtp"
-    WEBHOOK = "webhook"
+__all__ = [
+    "Outcome",
+    "OutgoingMessage",
+    "PageConnection",
+    "ProviderAdapter",
+    "ProviderKind",
+    "SendResult",
+    "TemplateRef",
+    "VerifyResult",
+]
 
 
 class Outcome(enum.StrEnum):

@@ -27,5 +27,11 @@
     document.dispatchEvent(new CustomEvent("crier:socket", { detail: socket }));
   }
 
+  // Forms that destroy something ask first (no inline handlers: the CSP forbids them).
+  document.addEventListener("submit", (event) => {
+    const message = event.target.dataset && event.target.dataset.confirm;
+    if (message && !window.confirm(message)) event.preventDefault();
+  });
+
   document.addEventListener("DOMContentLoaded", connect);
 })();

@@ -1,0 +1,5 @@
+"""Every model module, imported together so the metadata is complete (app, migrations, tests)."""
+
+from tenants import contacts, events, models, pages
+
+MODEL_MODULES = (models, pages, contacts, events)
