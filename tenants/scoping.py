@@ -114,14 +114,14 @@ def _scope_statement(state: ORMExecuteState) -> None:
 
 
 def _stamp_and_check(session: Session, flush_context, instances) -> None:
-    if session.info.get(BYPASS_KEY):
-        return
     tenant_id = session.info.get(TENANT_KEY)
     for obj in session.new:
         if isinstance(obj, TenantScoped) and obj.tenant_id is None:
             if tenant_id is None:
                 raise TenantNotSet(f"no tenant set for a new {type(obj).__name__}")
             obj.tenant_id = tenant_id
+    if session.info.get(BYPASS_KEY):
+        return
     for obj in (*session.new, *session.dirty, *session.deleted):
         if isinstance(obj, TenantScoped) and obj.tenant_id != tenant_id:
             raise CrossTenantWrite(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, abort, current_app, request
+from flask import Blueprint, Response, abort, request
 
 from tasks.broker import WorkersUnreachable
 from tasks.receipts import process_webhook_event
@@ -97,5 +97,4 @@ def receive(kind: str, page_id: int):
         process_webhook_event.send(event_id)
     except WorkersUnreachable as exc:
         log.warning("webhook event %s stored; the sweeper will process it (%s)", event_id, exc)
-    current_app.logger.debug("webhook event %s stored for page %s", event_id, page.id)
     return Response("EVENT_RECEIVED", 200, mimetype="text/plain")
