@@ -10,19 +10,26 @@ import httpx
 from tasks.providers import adapter_for
 from tasks.providers.base import OutgoingMessage, PageConnection, SendResult, VerifyResult
 from tasks.providers.http import make_client
+from tasks.providers.ssrf import UrlGuard
 from tenants.pages import Page
 
 
 def connection_for(page: Page, allowed_hosts: frozenset[str] = frozenset()) -> PageConnection:
-    """What an adapter needs to reach ``page`` (credentials decrypted, only in memory)."""
-    settings = dict(page.settings or {})
-    if allowed_hosts:
-        settings["allowed_hosts"] = allowed_hosts
-    return PageConnection(kind=page.kind, base_url=page.base_url, credentials=page.credentials, settings=settings)
+    """What an adapter needs to reach ``page`` (credentials decrypted, only in memory).
+
+    ``allowed_hosts`` ("host:port") are internal hosts the server lets this page reach (the sandbox).
+    """
+    return PageConnection(
+        kind=page.kind,
+        base_url=page.base_url,
+        credentials=page.credentials,
+        settings=dict(page.settings or {}),
+        allowed_hosts=allowed_hosts,
+    )
 
 
 async def _with_adapter(connection: PageConnection, call):
-    client = make_client()
+    client = make_client(guard=UrlGuard(connection.allowed_hosts))
     adapter = adapter_for(connection, client)
     try:
         return await call(adapter)
@@ -36,7 +43,9 @@ def verify(connection: PageConnection) -> VerifyResult:
 
 
 def test_send(connection: PageConnection, address: str, text: str, subject: str | None = None) -> SendResult:
-    message = OutgoingMessage(reference=f"test-{secrets.token_hex(6)}", recipient=address, text=text, subject=subject)
+    message = OutgoingMessage(
+        reference=f"test-{secrets.token_hex(6)}", recipient=address, text=text, subject=subject
+    )
     return asyncio.run(_with_adapter(connection, lambda adapter: adapter.send(message)))
 
 
@@ -51,8 +60,11 @@ def subscribe_sandbox_receipts(sandbox_url: str, page: Page, callback_url: str) 
     if not account:
         return "receipts are not available for this kind of page"
     body = {
-        "kind": page.kind.value, "account": account, "callback_url": callback_url,
-        "app_secret": creds.get("app_secret"), "verify_token": creds.get("verify_token"),
+        "kind": page.kind.value,
+        "account": account,
+        "callback_url": callback_url,
+        "app_secret": creds.get("app_secret"),
+        "verify_token": creds.get("verify_token"),
         "webhook_token": creds.get("webhook_token"),
     }
     try:

@@ -32,14 +32,18 @@ class Contact(TenantScoped, TimestampMixin, db.Model):
     opted_out_at: Mapped[datetime | None]
     opted_out_source: Mapped[str | None] = mapped_column(String(200))
 
-    channel_ids: Mapped[list[ContactChannelId]] = relationship(back_populates="contact", cascade="all, delete-orphan")
+    channel_ids: Mapped[list[ContactChannelId]] = relationship(
+        back_populates="contact", cascade="all, delete-orphan"
+    )
 
 
 class ContactChannelId(TenantScoped, db.Model):
     """A contact's id on one page, where the channel addresses people by its own ids (Messenger PSIDs)."""
 
     __tablename__ = "contact_channel_ids"
-    __table_args__ = (UniqueConstraint("page_id", "external_id", name="uq_contact_channel_ids_page_external"),)
+    __table_args__ = (
+        UniqueConstraint("page_id", "external_id", name="uq_contact_channel_ids_page_external"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"), index=True)

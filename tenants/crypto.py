@@ -27,7 +27,9 @@ def unseal(token: bytes) -> dict[str, str]:
     try:
         return json.loads(_cipher().decrypt(token))
     except InvalidToken:
-        raise CredentialsUnreadable("stored credentials cannot be decrypted with the configured keys") from None
+        raise CredentialsUnreadable(
+            "stored credentials cannot be decrypted with the configured keys"
+        ) from None
 
 
 def hint(secret: str) -> str:

@@ -48,7 +48,9 @@ class UTCDateTime(TypeDecorator):
 
 def str_enum(enum_class: type[enum.Enum], name: str) -> Enum:
     """A Python enum stored as its string values (portable: no native database enum types)."""
-    return Enum(enum_class, name=name, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e])
+    return Enum(
+        enum_class, name=name, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e]
+    )
 
 
 JSONDocument = JSON().with_variant(JSONB(), "postgresql")

@@ -27,16 +27,34 @@ def demo_pages(sandbox_url: str, smtp_port: int) -> list[tuple[ProviderKind, str
         return secrets.token_urlsafe(24)
 
     return [
-        (ProviderKind.WHATSAPP, "Demo WhatsApp", sandbox,
-         {"access_token": secret(), "app_secret": secret(), "verify_token": secret()},
-         {"phone_number_id": "100000000000001", "waba_id": "200000000000001"}),
-        (ProviderKind.MESSENGER, "Demo Messenger", sandbox,
-         {"page_access_token": secret(), "app_secret": secret(), "verify_token": secret()},
-         {"page_id": "300000000000001"}),
-        (ProviderKind.EVOLUTION, "Demo Evolution", sandbox, {"api_key": secret(), "webhook_token": secret()},
-         {"instance": "demo"}),
-        (ProviderKind.SMTP, "Demo email", f"smtp://{host}:{smtp_port}", {"username": "demo", "password": secret()},
-         {"from_address": "news@crier.example", "from_name": "Crier Demo", "starttls": "false"}),
+        (
+            ProviderKind.WHATSAPP,
+            "Demo WhatsApp",
+            sandbox,
+            {"access_token": secret(), "app_secret": secret(), "verify_token": secret()},
+            {"phone_number_id": "100000000000001", "waba_id": "200000000000001"},
+        ),
+        (
+            ProviderKind.MESSENGER,
+            "Demo Messenger",
+            sandbox,
+            {"page_access_token": secret(), "app_secret": secret(), "verify_token": secret()},
+            {"page_id": "300000000000001"},
+        ),
+        (
+            ProviderKind.EVOLUTION,
+            "Demo Evolution",
+            sandbox,
+            {"api_key": secret(), "webhook_token": secret()},
+            {"instance": "demo"},
+        ),
+        (
+            ProviderKind.SMTP,
+            "Demo email",
+            f"smtp://{host}:{smtp_port}",
+            {"username": "demo", "password": secret()},
+            {"from_address": "news@crier.example", "from_name": "Crier Demo", "starttls": "false"},
+        ),
         (ProviderKind.WEBHOOK, "Demo webhook", f"{sandbox}/webhook/demo", {"signing_secret": secret()}, {}),
     ]
 
@@ -50,8 +68,15 @@ def ensure_demo(sandbox_url: str, smtp_port: int) -> tuple[Tenant, str | None]:
     _, workspace = sign_up(DEMO_EMAIL, password, DEMO_WORKSPACE)
     with tenant(db.session, workspace.id):
         for kind, name, base_url, credentials, settings in demo_pages(sandbox_url, smtp_port):
-            page = apply_form(Page(kind=kind), name=name, base_url=base_url, send_rate=PROVIDER_DEMO_RATE,
-                              daily_cap=None, credentials=credentials, settings=settings)
+            page = apply_form(
+                Page(kind=kind),
+                name=name,
+                base_url=base_url,
+                send_rate=PROVIDER_DEMO_RATE,
+                daily_cap=None,
+                credentials=credentials,
+                settings=settings,
+            )
             db.session.add(page)
         db.session.commit()
     return workspace, password

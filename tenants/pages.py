@@ -61,39 +61,74 @@ class ProviderSpec:
 GRAPH = "https://graph.facebook.com"
 PROVIDERS: dict[ProviderKind, ProviderSpec] = {
     ProviderKind.WHATSAPP: ProviderSpec(
-        "WhatsApp Cloud API", GRAPH, 80,
-        (Field("access_token", "Access token"), Field("app_secret", "App secret"),
-         Field("verify_token", "Webhook verify token")),
-        (Field("phone_number_id", "Phone number ID"), Field("waba_id", "WhatsApp Business Account ID", False),
-         Field("api_version", "Graph API version", default="v21.0")),
+        "WhatsApp Cloud API",
+        GRAPH,
+        80,
+        (
+            Field("access_token", "Access token"),
+            Field("app_secret", "App secret"),
+            Field("verify_token", "Webhook verify token"),
+        ),
+        (
+            Field("phone_number_id", "Phone number ID"),
+            Field("waba_id", "WhatsApp Business Account ID", False),
+            Field("api_version", "Graph API version", default="v21.0"),
+        ),
         "phone number",
     ),
     ProviderKind.MESSENGER: ProviderSpec(
-        "Facebook Messenger", GRAPH, 300,
-        (Field("page_access_token", "Page access token"), Field("app_secret", "App secret"),
-         Field("verify_token", "Webhook verify token")),
-        (Field("page_id", "Facebook page ID"), Field("api_version", "Graph API version", default="v21.0"),
-         Field("messaging_type", "Messaging type", default="MESSAGE_TAG"),
-         Field("tag", "Message tag", False, "ACCOUNT_UPDATE", "Needed outside the 24-hour window.")),
+        "Facebook Messenger",
+        GRAPH,
+        300,
+        (
+            Field("page_access_token", "Page access token"),
+            Field("app_secret", "App secret"),
+            Field("verify_token", "Webhook verify token"),
+        ),
+        (
+            Field("page_id", "Facebook page ID"),
+            Field("api_version", "Graph API version", default="v21.0"),
+            Field("messaging_type", "Messaging type", default="MESSAGE_TAG"),
+            Field("tag", "Message tag", False, "ACCOUNT_UPDATE", "Needed outside the 24-hour window."),
+        ),
         "page-scoped id",
     ),
     ProviderKind.EVOLUTION: ProviderSpec(
-        "Evolution API", "", 5,
-        (Field("api_key", "API key"),
-         Field("webhook_token", "Webhook token", help="Set it as 'Authorization: Bearer …' in the instance's webhook headers.")),
+        "Evolution API",
+        "",
+        5,
+        (
+            Field("api_key", "API key"),
+            Field(
+                "webhook_token",
+                "Webhook token",
+                help="Set it as 'Authorization: Bearer …' in the instance's webhook headers.",
+            ),
+        ),
         (Field("instance", "Instance name"),),
         "phone number",
     ),
     ProviderKind.SMTP: ProviderSpec(
-        "Email (SMTP)", "smtp://localhost:587", 10,
+        "Email (SMTP)",
+        "smtp://localhost:587",
+        10,
         (Field("username", "Username", False), Field("password", "Password", False)),
-        (Field("from_address", "From address"), Field("from_name", "From name", False),
-         Field("starttls", "Use STARTTLS (true/false)", False, "true")),
+        (
+            Field("from_address", "From address"),
+            Field("from_name", "From name", False),
+            Field("starttls", "Use STARTTLS (true/false)", False, "true"),
+        ),
         "email address",
     ),
     ProviderKind.WEBHOOK: ProviderSpec(
-        "Webhook", "", 50,
-        (Field("signing_secret", "Signing secret", help="Crier signs each request with HMAC-SHA256 of this."),),
+        "Webhook",
+        "",
+        50,
+        (
+            Field(
+                "signing_secret", "Signing secret", help="Crier signs each request with HMAC-SHA256 of this."
+            ),
+        ),
         (),
         "contact id",
     ),
@@ -111,9 +146,7 @@ class Page(TenantScoped, TimestampMixin, db.Model):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(120))
-    kind: Mapped[ProviderKind] = mapped_column(
-        str_enum(ProviderKind, "provider_kind")
-    )
+    kind: Mapped[ProviderKind] = mapped_column(str_enum(ProviderKind, "provider_kind"))
     base_url: Mapped[str] = mapped_column(String(500))
     credentials_sealed: Mapped[bytes] = mapped_column(LargeBinary)
     settings: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
@@ -153,7 +186,11 @@ class Page(TenantScoped, TimestampMixin, db.Model):
 
     def current_state(self, now: datetime | None = None) -> PageState:
         """The state as the user should see it: a cool-down that has passed is over."""
-        if self.state is PageState.THROTTLED and self.throttled_until and self.throttled_until <= (now or utcnow()):
+        if (
+            self.state is PageState.THROTTLED
+            and self.throttled_until
+            and self.throttled_until <= (now or utcnow())
+        ):
             return PageState.ACTIVE
         return self.state
 
@@ -189,9 +226,13 @@ def apply_form(
     if daily_cap is not None and daily_cap < 1:
         raise PageError("The daily cap must be at least 1, or empty for none.")
     stored = page.credentials if page.credentials_sealed else {}
-    merged = {f.key: (credentials.get(f.key) or "").strip() or stored.get(f.key, "") for f in spec.credentials}
+    merged = {
+        f.key: (credentials.get(f.key) or "").strip() or stored.get(f.key, "") for f in spec.credentials
+    }
     missing = [f.label for f in spec.credentials if f.required and not merged[f.key]]
-    missing += [f.label for f in spec.settings if f.required and not (settings.get(f.key) or f.default).strip()]
+    missing += [
+        f.label for f in spec.settings if f.required and not (settings.get(f.key) or f.default).strip()
+    ]
     if missing:
         raise PageError("Missing: " + ", ".join(missing) + ".")
     page.name = name.strip()[:120]

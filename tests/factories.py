@@ -31,9 +31,16 @@ def make_membership(tenant: Tenant, made: dict) -> Membership:
 
 def make_page(tenant: Tenant, made: dict, kind: ProviderKind = ProviderKind.WHATSAPP, **settings) -> Page:
     page = apply_form(
-        Page(kind=kind), name=f"{tenant.name} WhatsApp", base_url="http://127.0.0.1:9/", send_rate=80, daily_cap=None,
-        credentials={"access_token": f"token-of-{tenant.slug}-1234", "app_secret": f"secret-of-{tenant.slug}",
-                     "verify_token": f"verify-{tenant.slug}"},
+        Page(kind=kind),
+        name=f"{tenant.name} WhatsApp",
+        base_url="http://127.0.0.1:9/",
+        send_rate=80,
+        daily_cap=None,
+        credentials={
+            "access_token": f"token-of-{tenant.slug}-1234",
+            "app_secret": f"secret-of-{tenant.slug}",
+            "verify_token": f"verify-{tenant.slug}",
+        },
         settings={"phone_number_id": f"1000{tenant.id}", **settings},
     )
     db.session.add(page)
@@ -41,13 +48,17 @@ def make_page(tenant: Tenant, made: dict, kind: ProviderKind = ProviderKind.WHAT
 
 
 def make_contact(tenant: Tenant, made: dict) -> Contact:
-    contact = Contact(phone=f"+55119612{tenant.id:05d}", email=f"person-{tenant.id}@crier.example", first_name="Ana")
+    contact = Contact(
+        phone=f"+55119612{tenant.id:05d}", email=f"person-{tenant.id}@crier.example", first_name="Ana"
+    )
     db.session.add(contact)
     return contact
 
 
 def make_channel_id(tenant: Tenant, made: dict) -> ContactChannelId:
-    row = ContactChannelId(contact_id=made[Contact].id, page_id=made[Page].id, external_id=f"psid-{tenant.id}")
+    row = ContactChannelId(
+        contact_id=made[Contact].id, page_id=made[Page].id, external_id=f"psid-{tenant.id}"
+    )
     db.session.add(row)
     return row
 
@@ -59,8 +70,12 @@ def make_webhook_event(tenant: Tenant, made: dict) -> WebhookEvent:
 
 
 def make_receipt(tenant: Tenant, made: dict) -> Receipt:
-    receipt = Receipt(page_id=made[Page].id, status=ReceiptStatus.DELIVERED, provider_message_id=f"wamid.{tenant.id}",
-                      occurred_at=utcnow())
+    receipt = Receipt(
+        page_id=made[Page].id,
+        status=ReceiptStatus.DELIVERED,
+        provider_message_id=f"wamid.{tenant.id}",
+        occurred_at=utcnow(),
+    )
     db.session.add(receipt)
     return receipt
 

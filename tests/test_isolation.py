@@ -21,8 +21,15 @@ def test_every_object_url_of_another_tenant_is_404(app, client, other_client):
 
     rules = object_rules(app, set(a_values))
     assert {r.endpoint for r in rules} >= {
-        "workspaces.switch", "workspaces.edit", "workspaces.remove", "pages.show", "pages.verify",
-        "pages.test_send", "pages.delete", "webhooks.receive", "webhooks.handshake",
+        "workspaces.switch",
+        "workspaces.edit",
+        "workspaces.remove",
+        "pages.show",
+        "pages.verify",
+        "pages.test_send",
+        "pages.delete",
+        "webhooks.receive",
+        "webhooks.handshake",
     }
     token = csrf_token(other_client.get("/dashboard").get_data(as_text=True))
     walked = []
@@ -30,7 +37,9 @@ def test_every_object_url_of_another_tenant_is_404(app, client, other_client):
         url = rule.build({arg: a_values[arg] for arg in rule.arguments})[1]
         expected = {401, 403} if is_signed_public(app, rule) else {404}
         for method in sorted(rule.methods - SKIPPED_METHODS):
-            response = other_client.open(url, method=method, headers={"X-CSRFToken": token}, data={"text": "x"})
+            response = other_client.open(
+                url, method=method, headers={"X-CSRFToken": token}, data={"text": "x"}
+            )
             assert response.status_code in expected, f"{method} {url} gave {response.status_code} to tenant B"
             walked.append(f"{method} {url}")
 

@@ -11,9 +11,14 @@ from tenants.pages import Page, PageState
 from tenants.scoping import all_tenants
 
 WHATSAPP_FORM = {
-    "name": "Support line", "base_url": "https://graph.facebook.com", "setting_phone_number_id": "106540352242922",
-    "setting_api_version": "v21.0", "credential_access_token": "EAAG-super-secret-token-9876",
-    "credential_app_secret": "app-secret-5555", "credential_verify_token": "verify-me-4321", "send_rate": "",
+    "name": "Support line",
+    "base_url": "https://graph.facebook.com",
+    "setting_phone_number_id": "106540352242922",
+    "setting_api_version": "v21.0",
+    "credential_access_token": "EAAG-super-secret-token-9876",
+    "credential_app_secret": "app-secret-5555",
+    "credential_verify_token": "verify-me-4321",
+    "send_rate": "",
     "daily_cap": "5000",
 }
 
@@ -30,7 +35,12 @@ def test_connect_a_whatsapp_page_with_the_documented_defaults(app, auth, client)
     response = auth.post("/pages/new?kind=whatsapp", WHATSAPP_FORM)
     assert response.status_code == 302
     page = _page(app)
-    assert (page.name, page.send_rate, page.daily_cap, page.state) == ("Support line", 80, 5000, PageState.ACTIVE)
+    assert (page.name, page.send_rate, page.daily_cap, page.state) == (
+        "Support line",
+        80,
+        5000,
+        PageState.ACTIVE,
+    )
     assert page.settings["phone_number_id"] == "106540352242922"
     listing = client.get("/pages").get_data(as_text=True)
     assert "Support line" in listing and "80/s" in listing and "5,000" in listing
@@ -73,9 +83,13 @@ def test_bad_forms_say_what_is_wrong(app, auth):
     assert bad_rate.status_code == 400 and "is not a number" in bad_rate.get_data(as_text=True)
     bad_url = auth.post("/pages/new?kind=whatsapp", {**WHATSAPP_FORM, "base_url": "ftp://x"})
     assert bad_url.status_code == 400 and "must look like http://" in bad_url.get_data(as_text=True)
-    evolution = auth.post("/pages/new?kind=evolution", {"name": "Evo", "credential_api_key": "k",
-                                                        "credential_webhook_token": "t", "setting_instance": "i"})
-    assert evolution.status_code == 400 and "needs the address of your server" in evolution.get_data(as_text=True)
+    evolution = auth.post(
+        "/pages/new?kind=evolution",
+        {"name": "Evo", "credential_api_key": "k", "credential_webhook_token": "t", "setting_instance": "i"},
+    )
+    assert evolution.status_code == 400 and "needs the address of your server" in evolution.get_data(
+        as_text=True
+    )
     assert auth.post("/pages/new?kind=carrier-pigeon", {}).status_code == 404
     assert _page(app) is None
 

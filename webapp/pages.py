@@ -108,7 +108,13 @@ def new():
             flash(f"Page {page.name} connected. Verify it to check the credentials.", "success")
             return redirect(url_for("pages.show", page_id=page.id))
     return render_template(
-        "pages/form.html", page=page, spec=PROVIDERS[kind], error=error, form=request.form, hints={}, creating=True
+        "pages/form.html",
+        page=page,
+        spec=PROVIDERS[kind],
+        error=error,
+        form=request.form,
+        hints={},
+        creating=True,
     ), 400 if error else 200
 
 
@@ -131,8 +137,14 @@ def show(page_id: int):
             flash(f"Page {page.name} saved.", "success")
             return redirect(url_for("pages.show", page_id=page.id))
     return render_template(
-        "pages/form.html", page=page, spec=page.spec, error=error, form=request.form, hints=page.credential_hints(),
-        creating=False, webhook_url=webhook_url(page),
+        "pages/form.html",
+        page=page,
+        spec=page.spec,
+        error=error,
+        form=request.form,
+        hints=page.credential_hints(),
+        creating=False,
+        webhook_url=webhook_url(page),
     ), 400 if error else 200
 
 
@@ -175,10 +187,22 @@ def verify(page_id: int):
     record_verification(page, result.ok, result.detail)
     notice = None
     if result.ok and page.base_url.startswith(current_app.config["SANDBOX_URL"].rstrip("/")):
-        notice = channel_checks.subscribe_sandbox_receipts(current_app.config["SANDBOX_URL"], page, webhook_url(page))
+        notice = channel_checks.subscribe_sandbox_receipts(
+            current_app.config["SANDBOX_URL"], page, webhook_url(page)
+        )
     db.session.commit()
-    return render_page("pages/form.html", "verify_result", page=page, spec=page.spec, result=result, notice=notice,
-                       form={}, hints=page.credential_hints(), creating=False, webhook_url=webhook_url(page))
+    return render_page(
+        "pages/form.html",
+        "verify_result",
+        page=page,
+        spec=page.spec,
+        result=result,
+        notice=notice,
+        form={},
+        hints=page.credential_hints(),
+        creating=False,
+        webhook_url=webhook_url(page),
+    )
 
 
 @bp.post("/pages/<int:page_id>/test-send")
@@ -193,9 +217,21 @@ def test_send(page_id: int):
     else:
         error = None
         outcome = channel_checks.test_send(
-            channel_checks.connection_for(page, allowed_private_hosts()), address, text,
+            channel_checks.connection_for(page, allowed_private_hosts()),
+            address,
+            text,
             subject=request.form.get("subject") or "Test from Crier",
         )
-    return render_page("pages/form.html", "test_send_result", status, page=page, spec=page.spec, outcome=outcome,
-                       test_error=error, form={}, hints=page.credential_hints(), creating=False,
-                       webhook_url=webhook_url(page))
+    return render_page(
+        "pages/form.html",
+        "test_send_result",
+        status,
+        page=page,
+        spec=page.spec,
+        outcome=outcome,
+        test_error=error,
+        form={},
+        hints=page.credential_hints(),
+        creating=False,
+        webhook_url=webhook_url(page),
+    )

@@ -52,7 +52,11 @@ def handshake(kind: str, page_id: int):
     if page.kind not in META_KINDS:
         abort(405)
     token = _credentials(page).get("verify_token", "")
-    if request.args.get("hub.mode") != "subscribe" or not token or not same(token, request.args.get("hub.verify_token")):
+    if (
+        request.args.get("hub.mode") != "subscribe"
+        or not token
+        or not same(token, request.args.get("hub.verify_token"))
+    ):
         return Response("verify token mismatch", 403, mimetype="text/plain")
     return Response(request.args.get("hub.challenge", ""), 200, mimetype="text/plain")
 
@@ -87,7 +91,9 @@ def receive(kind: str, page_id: int):
     body = request.get_data(cache=False)
     refused = _authentic(page, body)
     if refused:
-        return Response("signature required" if refused == 401 else "bad signature", refused, mimetype="text/plain")
+        return Response(
+            "signature required" if refused == 401 else "bad signature", refused, mimetype="text/plain"
+        )
     with tenant(db.session, page.tenant_id):
         event = WebhookEvent(page_id=page.id, kind=page.kind, body=body.decode("utf-8", "replace"))
         db.session.add(event)

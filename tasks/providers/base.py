@@ -8,8 +8,11 @@ provider's answer, a timeout or a connection error: those are outcomes too.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
+from urllib.parse import quote, quote_plus
 
 from tenants.pages import ProviderKind
 
@@ -83,12 +86,18 @@ class VerifyResult:
 
 @dataclass(frozen=True, slots=True)
 class PageConnection:
-    """What an adapter needs to know about a page (credentials already decrypted)."""
+    """What an adapter needs to know about a page (credentials already decrypted).
+
+    ``allowed_hosts`` ("host:port") lets this connection reach those internal hosts despite
+    the SSRF guard — the sandbox in development and tests. It is decided by the server, never
+    read from the page's stored settings, which tenants edit.
+    """
 
     kind: ProviderKind
     base_url: str
     credentials: dict[str, str]
     settings: dict[str, Any] = field(default_factory=dict)
+    allowed_hosts: frozenset[str] = frozenset()
 
 
 class ProviderAdapter(Protocol):
@@ -99,3 +108,43 @@ class ProviderAdapter(Protocol):
     async def verify(self) -> VerifyResult: ...
 
     async def aclose(self) -> None: ...
+
+
+REDACTED = "[redacted]"
+
+
+def redact(text: str | None, secrets: Iterable[str]) -> str | None:
+    """``text`` with every form of every secret (see :func:`secret_forms`) replaced by ``[redacted]``.
+
+    Secrets shorter than 4 characters are left alone: replacing them would garble the text and
+    they protect nothing anyway.
+    """
+    if not text:
+        return text
+    forms = {form.decode() for secret in secrets for form in secret_forms(secret)}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, REDACTED)
+    return text
+
+
+def secret_forms(secret: str) -> set[bytes]:
+    """How ``secret`` may appear: as is, URL-encoded, JSON-escaped (none for secrets under 4 characters)."""
+    if len(secret) < 4:
+        return set()
+    json_escaped = json.dumps(secret)[1:-1]
+    forms = (
+        secret,
+        quote(secret, safe=""),
+        quote_plus(secret),
+        json_escaped,
+        json_escaped.replace("/", "\\/"),
+    )
+    return {form.encode() for form in forms}
+
+
+def redact_result(result: SendResult, secrets: Iterable[str]) -> SendResult:
+    return replace(result, detail=redact(result.detail, secrets), code=redact(result.code, secrets))
+
+
+def redact_verify(result: VerifyResult, secrets: Iterable[str]) -> VerifyResult:
+    return replace(result, detail=redact(result.detail, secrets) or "", code=redact(result.code, secrets))

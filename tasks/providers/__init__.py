@@ -1,0 +1,66 @@
+"""Provider adapters: one per page kind, all behind :class:`tasks.providers.base.ProviderAdapter`.
+
+A worker builds one shared client per event loop and one adapter per page::
+
+    client = make_client(guard=UrlGuard(allowed_hosts=config_allowed_hosts))
+    adapter = adapter_for(page_connection, client)
+    result = await adapter.send(message)      # never raises for the provider's answer
+    ...
+    await adapter.aclose()                    # closes what the adapter owns (SMTP connections)
+    await client.aclose()
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from tasks.providers.base import PageConnection, ProviderAdapter, ProviderKind
+from tasks.providers.evolution import EvolutionAdapter
+from tasks.providers.http import guard_for, make_client
+from tasks.providers.messenger import MessengerAdapter
+from tasks.providers.smtp import SmtpAdapter
+from tasks.providers.ssrf import UrlGuard
+from tasks.providers.webhook import WebhookAdapter
+from tasks.providers.whatsapp import WhatsAppAdapter
+
+__all__ = [
+    "ADAPTERS",
+    "EvolutionAdapter",
+    "MessengerAdapter",
+    "SmtpAdapter",
+    "UrlGuard",
+    "WebhookAdapter",
+    "WhatsAppAdapter",
+    "adapter_for",
+    "make_client",
+]
+
+ADAPTERS: dict[ProviderKind, type[ProviderAdapter]] = {
+    ProviderKind.MESSENGER: MessengerAdapter,
+    ProviderKind.WHATSAPP: WhatsAppAdapter,
+    ProviderKind.EVOLUTION: EvolutionAdapter,
+    ProviderKind.SMTP: SmtpAdapter,
+    ProviderKind.WEBHOOK: WebhookAdapter,
+}
+
+
+def adapter_for(
+    connection: PageConnection, client: httpx.AsyncClient | None = None, *, guard: UrlGuard | None = None
+) -> ProviderAdapter:
+    """The adapter for ``connection``'s kind, sending over ``client`` (shared; not closed by the adapter).
+
+    Webhook, Evolution and SMTP pages (tenant-chosen hosts) are checked by ``guard``, else by
+    the guard ``client`` was built with, else by one that allows no internal address except
+    ``connection.allowed_hosts``.
+    Without ``client`` an HTTP adapter makes its own and closes it in ``aclose()``.
+    """
+    kind = ProviderKind(connection.kind)
+    if kind is ProviderKind.MESSENGER:
+        return MessengerAdapter(connection, client)
+    if kind is ProviderKind.WHATSAPP:
+        return WhatsAppAdapter(connection, client)
+    if kind is ProviderKind.EVOLUTION:
+        return EvolutionAdapter(connection, client, guard=guard)
+    if kind is ProviderKind.WEBHOOK:
+        return WebhookAdapter(connection, client, guard=guard)
+    return SmtpAdapter(connection, guard=guard_for(connection, client, guard))

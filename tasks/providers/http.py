@@ -1,0 +1,286 @@
+"""The shared async HTTP client every HTTP adapter of a worker uses.
+
+``make_client()`` returns an :class:`httpx.AsyncClient` over ``httpx_aiohttp.AiohttpTransport``.
+``bench/transport.py`` chose it: with 500 requests in flight against a loopback server answering
+in 50 ms, httpx's default transport (httpcore 1.0) managed ~20 requests/s with a 10 s p99
+(its pool does work per waiting request on every event; encode/httpx#3215), httpx over
+aiohttp ~1,000/s with a ~0.5 s p99, a bare aiohttp session ~2,800/s. Build one client per
+worker event loop, hand it to every adapter, and close it when the loop ends.
+
+How the settings land on aiohttp:
+
+* ``timeout.connect`` -> ``sock_connect`` (TCP + TLS handshake of one connection attempt);
+* ``timeout.read`` -> ``sock_read`` (any gap while waiting for or reading the answer);
+* ``timeout.pool`` -> aiohttp's ``connect`` (waiting for a free connection *plus* connecting),
+  so keep it at least ``timeout.connect``; ``timeout.write`` is not enforced by aiohttp (our
+  bodies are a few KB and go straight into the socket buffer);
+* ``max_connections`` / ``max_connections_per_host`` -> the connector's ``limit`` /
+  ``limit_per_host``; ``keepalive_expiry`` -> ``keepalive_timeout``.
+
+The transport also corrects httpx_aiohttp's exception mapping, which reports a server that
+hung up mid-answer as a ``ConnectTimeout``: here only failures before the request could reach
+the server are ``ConnectError``/``ConnectTimeout``; a lost or stalled answer is
+``ReadError``/``ReadTimeout``, so the adapters can tell "not sent" from "maybe delivered".
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import aiohttp
+import aiohttp.abc
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+from tasks.providers.base import (
+    REDACTED,
+    OutgoingMessage,
+    PageConnection,
+    ProviderKind,
+    SendResult,
+    VerifyResult,
+    redact_result,
+    redact_verify,
+    secret_forms,
+)
+from tasks.providers.classification import transport_failure
+from tasks.providers.ssrf import BlockedDestination, UrlGuard, find_blocked
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=15.0, write=15.0, pool=10.0)
+DEFAULT_MAX_CONNECTIONS = 500
+DEFAULT_KEEPALIVE_EXPIRY = 30.0
+USER_AGENT = "Crier/0.1"
+
+_GUARDS: weakref.WeakKeyDictionary[httpx.AsyncClient, UrlGuard] = weakref.WeakKeyDictionary()
+
+
+def make_client(
+    *,
+    guard: UrlGuard | None = None,
+    timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    max_connections_per_host: int = 0,
+    keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY,
+    verify: ssl.SSLContext | bool = True,
+) -> httpx.AsyncClient:
+    """A pooled client for provider requests; with ``guard``, every connection passes the SSRF guard.
+
+    Safe to call outside an event loop: the aiohttp session is created on first use.
+    """
+    transport = CrierAiohttpTransport(
+        verify=verify,
+        limits=httpx.Limits(max_connections=max_connections, keepalive_expiry=keepalive_expiry),
+        max_connections_per_host=max_connections_per_host,
+        guard=guard,
+    )
+    client = httpx.AsyncClient(
+        transport=transport,
+        timeout=timeout,
+        follow_redirects=False,
+        trust_env=False,
+        headers={"User-Agent": USER_AGENT},
+    )
+    if guard is not None:
+        _GUARDS[client] = guard
+    return client
+
+
+def guard_of(client: httpx.AsyncClient) -> UrlGuard | None:
+    """The SSRF guard ``client`` enforces at connection time, if it was built with one."""
+    return _GUARDS.get(client)
+
+
+def guard_for(
+    connection: PageConnection, client: httpx.AsyncClient | None, guard: UrlGuard | None = None
+) -> UrlGuard:
+    """The guard for a tenant-chosen host: ``guard``, else the client's, else one allowing only
+    ``connection.allowed_hosts``."""
+    return guard or (guard_of(client) if client is not None else None) or UrlGuard(connection.allowed_hosts)
+
+
+class HttpAdapter:
+    """What the HTTP adapters share: the client, request errors as outcomes, redaction, the SSRF guard.
+
+    Subclasses implement ``_send`` and ``_verify``; everything they return passes through
+    :func:`tasks.providers.base.redact_result`, so no credential of the page can reach a
+    ``detail``. Without a ``client`` the adapter makes (and on :meth:`aclose` closes) its own.
+
+    Adapters whose URL the tenant chooses set ``guarded``: each request is first checked by
+    :func:`guard_for` (the explicit guard, else the client's, else the connection's allow-list);
+    host names are resolved in that check only when the client does not enforce a guard at
+    connection time itself.
+    """
+
+    kind: ClassVar[ProviderKind]
+    label: ClassVar[str]
+    guarded: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        connection: PageConnection,
+        client: httpx.AsyncClient | None = None,
+        *,
+        guard: UrlGuard | None = None,
+    ):
+        if connection.kind != self.kind:
+            raise ValueError(f"{type(self).__name__} cannot use a {connection.kind} page")
+        self.connection = connection
+        self.guard: UrlGuard | None = None
+        if self.guarded:
+            self.guard = guard_for(connection, client, guard)
+        self._owns_client = client is None
+        self.client = client if client is not None else make_client(guard=self.guard)
+        self._resolve_in_check = guard_of(self.client) is None
+        self._secrets = tuple(value for value in connection.credentials.values() if value)
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        return redact_result(await self._send(message), self._secrets)
+
+    async def verify(self) -> VerifyResult:
+        return redact_verify(await self._verify(), self._secrets)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self.client.aclose()
+
+    async def _send(self, message: OutgoingMessage) -> SendResult:
+        raise NotImplementedError
+
+    async def _verify(self) -> VerifyResult:
+        raise NotImplementedError
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response | SendResult:
+        """The answer, or the :class:`SendResult` of a request that got none (or was refused)."""
+        try:
+            if self.guard is not None:
+                await self.guard.check(url, resolve=self._resolve_in_check)
+            response = await self.client.request(method, url, **kwargs)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            return transport_failure(exc, self.label)
+        return self._scrubbed(response)
+
+    def _scrubbed(self, response: httpx.Response) -> httpx.Response:
+        """``response`` with any credential echoed in its body blanked, before excerpts are cut from it."""
+        content = response.content
+        forms = {form for secret in self._secrets for form in secret_forms(secret)}
+        if not any(form in content for form in forms):
+            return response
+        for form in sorted(forms, key=len, reverse=True):
+            content = content.replace(form, REDACTED.encode())
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-length"]
+        return httpx.Response(
+            response.status_code, headers=headers, content=content, request=response.request
+        )
+
+
+class CrierAiohttpTransport(AiohttpTransport):
+    """``AiohttpTransport`` with our connector settings, the SSRF guard and exact exception mapping."""
+
+    def __init__(
+        self,
+        *,
+        verify: ssl.SSLContext | bool = True,
+        limits: httpx.Limits,
+        max_connections_per_host: int = 0,
+        guard: UrlGuard | None = None,
+    ):
+        super().__init__(verify=verify, limits=limits, trust_env=False, client=self._new_session)
+        self._limit_per_host = max_connections_per_host
+        self.guard = guard
+        self._resolver: aiohttp.abc.AbstractResolver | None = None
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        guard_options: dict[str, Any] = {}
+        if self.guard is not None:
+            self._resolver = self.guard.resolver()
+            guard_options = {"resolver": self._resolver, "socket_factory": self.guard.socket_factory}
+        connector = aiohttp.TCPConnector(
+            limit=self.limits.max_connections or 0,
+            limit_per_host=self._limit_per_host,
+            keepalive_timeout=self.limits.keepalive_expiry,
+            ssl=self.ssl_context,
+            **guard_options,
+        )
+        return aiohttp.ClientSession(connector=connector, trust_env=False)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await super().handle_async_request(request)
+        except httpx.TransportError as exc:
+            raise _corrected(exc, request) from exc.__cause__
+        response.stream = _CorrectedStream(response.stream, request)  # type: ignore[arg-type]
+        return response
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self._resolver is not None:
+            await self._resolver.close()
+
+
+class _CorrectedStream(httpx.AsyncByteStream):
+    def __init__(self, inner: Any, request: httpx.Request):
+        self._inner = inner
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._inner:
+                yield chunk
+        except httpx.TransportError as exc:
+            raise _corrected(exc, self._request) from exc.__cause__
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _corrected(exc: httpx.TransportError, request: httpx.Request) -> httpx.TransportError:
+    """Map the aiohttp error behind ``exc`` to the httpx error of the phase it happened in."""
+    blocked = find_blocked(exc)
+    if blocked is not None:
+        return BlockedDestination(blocked.reason, address=blocked.address, request=request)
+    cause = exc.__cause__
+    message = str(cause) if cause is not None else str(exc)
+    corrected: httpx.TransportError
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        corrected = httpx.ConnectError(message, request=request)
+    elif isinstance(cause, aiohttp.ConnectionTimeoutError):
+        corrected = httpx.ConnectTimeout(message or "timed out connecting", request=request)
+    elif isinstance(cause, aiohttp.SocketTimeoutError):
+        corrected = httpx.ReadTimeout(message or "timed out waiting for the answer", request=request)
+    elif isinstance(cause, aiohttp.ServerDisconnectedError):
+        corrected = httpx.RemoteProtocolError(message, request=request)
+    elif isinstance(cause, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+        corrected = httpx.ReadError(message, request=request)
+    else:
+        return exc
+    return corrected
+
+
+class _RedactQueryCredentials(logging.Filter):
+    """Scrub ``access_token=...`` from httpx's "HTTP Request: POST <url>" log lines."""
+
+    _pattern = re.compile(r"(access_token=)[^&\s\"']+", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self._pattern.sub(r"\1[redacted]", str(arg)) if isinstance(arg, httpx.URL | str) else arg
+                for arg in record.args
+            )
+        if isinstance(record.msg, str):
+            record.msg = self._pattern.sub(r"\1[redacted]", record.msg)
+        return True
+
+
+def _install_log_filter() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _RedactQueryCredentials) for f in logger.filters):
+        logger.addFilter(_RedactQueryCredentials())
+
+
+_install_log_filter()

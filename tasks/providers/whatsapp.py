@@ -1,0 +1,83 @@
+"""WhatsApp Cloud API numbers (see WIRE.md, "WhatsApp Cloud API")."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+import httpx
+
+from tasks.providers.base import OutgoingMessage, PageConnection, ProviderKind, SendResult, VerifyResult
+from tasks.providers.classification import graph_answer, read_json, verify_failure
+from tasks.providers.http import HttpAdapter
+
+DEFAULT_BASE_URL = "https://graph.facebook.com"
+DEFAULT_API_VERSION = "v21.0"
+
+
+def wa_number(recipient: str) -> str:
+    """WhatsApp's ``to``: the E.164 number's digits, without ``+``."""
+    return re.sub(r"[^0-9]", "", recipient)
+
+
+class WhatsAppAdapter(HttpAdapter):
+    """Sends text, or an approved template, from one phone number id; the reference rides in
+    ``biz_opaque_callback_data`` and comes back in status callbacks."""
+
+    kind: ClassVar[ProviderKind] = ProviderKind.WHATSAPP
+    label: ClassVar[str] = "WhatsApp"
+
+    def __init__(self, connection: PageConnection, client: httpx.AsyncClient | None = None):
+        super().__init__(connection, client)
+        settings = connection.settings
+        base = (connection.base_url or DEFAULT_BASE_URL).rstrip("/")
+        self._phone_number_id = str(settings.get("phone_number_id") or "")
+        self._node = f"{base}/{settings.get('api_version') or DEFAULT_API_VERSION}/{self._phone_number_id}"
+        self._headers = {"Authorization": f"Bearer {connection.credentials.get('access_token', '')}"}
+
+    def payload(self, message: OutgoingMessage) -> dict[str, Any]:
+        """The Cloud API body: a template when ``message.template`` is set, else plain text."""
+        payload: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": wa_number(message.recipient),
+        }
+        if message.template is not None:
+            template: dict[str, Any] = {
+                "name": message.template.name,
+                "language": {"code": message.template.language},
+            }
+            if message.template.body_parameters:
+                parameters = [{"type": "text", "text": value} for value in message.template.body_parameters]
+                template["components"] = [{"type": "body", "parameters": parameters}]
+            payload |= {"type": "template", "template": template}
+        else:
+            payload |= {"type": "text", "text": {"preview_url": False, "body": message.text}}
+        payload["biz_opaque_callback_data"] = message.reference
+        return payload
+
+    async def _send(self, message: OutgoingMessage) -> SendResult:
+        answer = await self._request(
+            "POST", f"{self._node}/messages", headers=self._headers, json=self.payload(message)
+        )
+        if isinstance(answer, SendResult):
+            return answer
+        return graph_answer(self.kind, answer, lambda body: body["messages"][0]["id"])
+
+    async def _verify(self) -> VerifyResult:
+        if not self._phone_number_id:
+            return VerifyResult(ok=False, detail="the page has no phone_number_id")
+        answer = await self._request(
+            "GET",
+            self._node,
+            params={"fields": "verified_name,display_phone_number,quality_rating"},
+            headers=self._headers,
+        )
+        if isinstance(answer, SendResult):
+            return verify_failure(answer)
+        body = read_json(answer)
+        if answer.is_success and isinstance(body, dict) and body.get("display_phone_number"):
+            name = body.get("verified_name") or "(unverified name)"
+            quality = body.get("quality_rating") or "UNKNOWN"
+            return VerifyResult(ok=True, detail=f"{name} ({body['display_phone_number']}) quality {quality}")
+        return verify_failure(graph_answer(self.kind, answer, lambda _: None))
