@@ -9,7 +9,7 @@ from tasks.broker import Workers
 
 def init_app(app: Flask) -> None:
     """Give ``app`` its (lazily built) Dramatiq broker and import the actors."""
-    import tasks.receipts  # noqa: F401  (declares actors)
+    import tasks.receipts
     import tasks.system  # noqa: F401
 
     app.extensions["crier.workers"] = Workers(app)

@@ -63,8 +63,16 @@ def _from_epoch(value: Any, millis: bool = False) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-WHATSAPP_STATUSES = {"delivered": ReceiptStatus.DELIVERED, "read": ReceiptStatus.READ, "failed": ReceiptStatus.FAILED}
-EVOLUTION_STATUSES = {"DELIVERY_ACK": ReceiptStatus.DELIVERED, "READ": ReceiptStatus.READ, "PLAYED": ReceiptStatus.READ}
+WHATSAPP_STATUSES = {
+    "delivered": ReceiptStatus.DELIVERED,
+    "read": ReceiptStatus.READ,
+    "failed": ReceiptStatus.FAILED,
+}
+EVOLUTION_STATUSES = {
+    "DELIVERY_ACK": ReceiptStatus.DELIVERED,
+    "READ": ReceiptStatus.READ,
+    "PLAYED": ReceiptStatus.READ,
+}
 
 
 def parse_whatsapp(payload: dict) -> ParsedCallback:
@@ -80,16 +88,28 @@ def parse_whatsapp(payload: dict) -> ParsedCallback:
                 error = (status.get("errors") or [{}])[0]
                 parsed.receipts.append(
                     ParsedReceipt(
-                        kind, _from_epoch(status.get("timestamp")), status.get("id"),
-                        status.get("biz_opaque_callback_data"), status.get("recipient_id"),
-                        str(error["code"]) if "code" in error else None, error.get("title") or error.get("message"),
+                        kind,
+                        _from_epoch(status.get("timestamp")),
+                        status.get("id"),
+                        status.get("biz_opaque_callback_data"),
+                        status.get("recipient_id"),
+                        str(error["code"]) if "code" in error else None,
+                        error.get("title") or error.get("message"),
                     )
                 )
             for message in value.get("messages", []):
-                text = (message.get("text") or {}).get("body") or (message.get("button") or {}).get("text") or ""
+                text = (
+                    (message.get("text") or {}).get("body") or (message.get("button") or {}).get("text") or ""
+                )
                 sender = message.get("from") or ""
                 parsed.messages.append(
-                    ParsedMessage(sender, text, _from_epoch(message.get("timestamp")), message.get("id"), names.get(sender))
+                    ParsedMessage(
+                        sender,
+                        text,
+                        _from_epoch(message.get("timestamp")),
+                        message.get("id"),
+                        names.get(sender),
+                    )
                 )
     return parsed
 
@@ -102,8 +122,12 @@ def parse_messenger(payload: dict) -> ParsedCallback:
             if "message" in item and not item["message"].get("is_echo"):
                 message = item["message"]
                 parsed.messages.append(
-                    ParsedMessage(sender, message.get("text") or "", _from_epoch(item.get("timestamp"), True),
-                                  message.get("mid"))
+                    ParsedMessage(
+                        sender,
+                        message.get("text") or "",
+                        _from_epoch(item.get("timestamp"), True),
+                        message.get("mid"),
+                    )
                 )
             if "delivery" in item:
                 at = _from_epoch(item["delivery"].get("watermark"), True)
@@ -133,8 +157,13 @@ def parse_evolution(payload: dict) -> ParsedCallback:
             message = item.get("message") or {}
             text = message.get("conversation") or (message.get("extendedTextMessage") or {}).get("text") or ""
             parsed.messages.append(
-                ParsedMessage((key.get("remoteJid") or "").split("@")[0], text,
-                              _from_epoch(item.get("messageTimestamp")), key.get("id"), item.get("pushName"))
+                ParsedMessage(
+                    (key.get("remoteJid") or "").split("@")[0],
+                    text,
+                    _from_epoch(item.get("messageTimestamp")),
+                    key.get("id"),
+                    item.get("pushName"),
+                )
             )
     return parsed
 
@@ -146,12 +175,18 @@ def parse_webhook(payload: dict) -> ParsedCallback:
         status = {s.value: s for s in ReceiptStatus}.get(item.get("status", ""))
         if status and item.get("delivery"):
             parsed.receipts.append(
-                ParsedReceipt(status, _from_epoch(item.get("timestamp")) if item.get("timestamp") else utcnow(),
-                              item.get("id") or f"webhook-{item['delivery']}", str(item["delivery"]),
-                              error_text=item.get("error"))
+                ParsedReceipt(
+                    status,
+                    _from_epoch(item.get("timestamp")) if item.get("timestamp") else utcnow(),
+                    item.get("id") or f"webhook-{item['delivery']}",
+                    str(item["delivery"]),
+                    error_text=item.get("error"),
+                )
             )
         elif item.get("sender"):
-            parsed.messages.append(ParsedMessage(str(item["sender"]), str(item.get("text", "")), utcnow(), item.get("id")))
+            parsed.messages.append(
+                ParsedMessage(str(item["sender"]), str(item.get("text", "")), utcnow(), item.get("id"))
+            )
     return parsed
 
 
@@ -186,8 +221,9 @@ def _insert_ignoring_duplicates(model: type, rows: list[dict]) -> None:
 def _contact_for_messenger_sender(page_id: int, psid: str) -> int:
     """The contact Crier knows by this page-scoped id, created on first contact."""
     known = db.session.scalar(
-        select(ContactChannelId.contact_id).where(ContactChannelId.page_id == page_id,
-                                                  ContactChannelId.external_id == psid)
+        select(ContactChannelId.contact_id).where(
+            ContactChannelId.page_id == page_id, ContactChannelId.external_id == psid
+        )
     )
     if known is not None:
         return known
