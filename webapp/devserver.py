@@ -6,14 +6,23 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
+import httpx
 import redis
 from flask import current_app
 from flask_migrate import upgrade
+from sqlalchemy import select
 
+from tasks import channel_checks
+from tenants.db import db
+from tenants.demo import DEMO_EMAIL, ensure_demo
+from tenants.pages import Page
+from tenants.scoping import tenant
 from webapp.extensions import socketio
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +84,55 @@ def serve_web(app, host: str, port: int) -> None:
     socketio.run(app, host=host, port=port, allow_unsafe_werkzeug=True, use_reloader=False, log_output=False)
 
 
+def start_sandbox(app) -> subprocess.Popen:
+    """The sandbox provider the demo pages send to, on the configured URL and SMTP port."""
+    sandbox = urlsplit(app.config["SANDBOX_URL"])
+    command = [
+        sys.executable,
+        "-m",
+        "tasks.sandbox",
+        "--host",
+        sandbox.hostname,
+        "--port",
+        str(sandbox.port or 80),
+    ]
+    command += [
+        "--smtp-port",
+        str(app.config["SANDBOX_SMTP_PORT"]),
+        "--latency-ms",
+        "50",
+        "--jitter-ms",
+        "30",
+    ]
+    return subprocess.Popen(command, cwd=PROJECT_ROOT)
+
+
+def prepare_demo(app, web_url: str) -> None:
+    """Create the demo workspace once and, when the web server answers, route sandbox receipts to it."""
+    with app.app_context():
+        workspace, password = ensure_demo(app.config["SANDBOX_URL"], app.config["SANDBOX_SMTP_PORT"])
+        if password:
+            click.secho(f"Demo workspace: sign in as {DEMO_EMAIL} with password {password}", fg="yellow")
+        tenant_id = workspace.id
+
+    def subscribe_when_ready() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{web_url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.25)
+        with app.app_context(), tenant(db.session, tenant_id):
+            for page in db.session.scalars(select(Page)):
+                callback = f"{web_url}/webhooks/{page.kind.value}/{page.id}"
+                channel_checks.subscribe_sandbox_receipts(app.config["SANDBOX_URL"], page, callback)
+
+    threading.Thread(target=subscribe_when_ready, name="demo-receipts", daemon=True).start()
+
+
 def run_everything(host: str, port: int, worker_processes: int) -> None:
+    """Embedded Redis (without REDIS_URL), migrations, a worker, the sandbox and the demo, then the web."""
     app = current_app._get_current_object()
     children: list[subprocess.Popen] = []
     try:
@@ -84,26 +141,13 @@ def run_everything(host: str, port: int, worker_processes: int) -> None:
             if embedded:
                 children.append(embedded)
         upgrade()
+        worker = [sys.executable, "-m", "dramatiq", "worker:broker", "--processes", str(worker_processes)]
         env = {**os.environ, "REDIS_URL": app.config["REDIS_URL"]}
-        children.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "dramatiq",
-                    "worker:broker",
-                    "--processes",
-                    str(worker_processes),
-                    "--threads",
-                    "8",
-                ],
-                cwd=PROJECT_ROOT,
-                env=env,
-            )
-        )
-        click.secho(
-            f"Crier is running on http://{host}:{port}  (Ctrl-C stops everything)", fg="green", bold=True
-        )
+        children.append(subprocess.Popen([*worker, "--threads", "8"], cwd=PROJECT_ROOT, env=env))
+        children.append(start_sandbox(app))
+        web_url = f"http://{host}:{port}"
+        prepare_demo(app, web_url)
+        click.secho(f"Crier is running on {web_url}  (Ctrl-C stops everything)", fg="green", bold=True)
         serve_web(app, host, port)
     except KeyboardInterrupt:
         pass

@@ -93,6 +93,8 @@ def index():
 @bp.route("/pages/new", methods=["GET", "POST"])
 @member_required(manage=True)
 def new():
+    if not request.values.get("kind"):
+        return redirect(url_for("pages.index"))  # the list is where a channel kind is chosen
     kind = _kind(request.values.get("kind"))
     page = Page(kind=kind)
     error = None
