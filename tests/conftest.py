@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ import pytest
 import redis
 from flask import Flask
 
+from tasks.sandbox.process import SandboxProcess, free_port
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("CRIER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("CRIER_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -31,6 +32,7 @@ RUN_ID = secrets.token_hex(4)
 DATABASE_NAME = f"crier_test_{RUN_ID}"
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 PASSWORD = "correct horse battery"
+SANDBOX_PORT, SANDBOX_SMTP_PORT = free_port(), free_port()
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)"')
 CSRF_INPUT = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 
@@ -50,6 +52,8 @@ def pytest_configure(config: pytest.Config) -> None:
         REDIS_PREFIX=f"crier-test-{RUN_ID}",
         SECRET_KEY=secrets.token_hex(32),
         CRIER_INSTANCE_PATH=tempfile.mkdtemp(prefix="crier-instance-"),
+        CRIER_SANDBOX_URL=f"http://127.0.0.1:{SANDBOX_PORT}",
+        CRIER_SANDBOX_SMTP_PORT=str(SANDBOX_SMTP_PORT),
     )
     from flask_migrate import upgrade
 
@@ -173,12 +177,6 @@ def other_client(app):
     return app.test_client()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_until(check, timeout: float, what: str, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -231,6 +229,21 @@ def live_server() -> Iterator[str]:
     _wait_until(healthy, 30, "the web server", process, log)
     yield url
     _stop(process)
+
+
+@pytest.fixture(scope="session")
+def sandbox_process() -> Iterator[SandboxProcess]:
+    """Crier's sandbox provider on the ports this run's app is configured with."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    with SandboxProcess(SANDBOX_PORT, SANDBOX_SMTP_PORT, log=ARTIFACTS / "sandbox.log") as process:
+        yield process
+
+
+@pytest.fixture
+def sandbox(sandbox_process) -> SandboxProcess:
+    """The sandbox with an empty ledger, no subscriptions and its start-up behaviour."""
+    httpx.post(f"{sandbox_process.url}/_sandbox/reset", timeout=5).raise_for_status()
+    return sandbox_process
 
 
 @pytest.fixture(scope="session")
