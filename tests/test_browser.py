@@ -76,3 +76,38 @@ def test_sign_up_see_dashboard_check_workers_sign_out_and_in(live_server, worker
     expect(page).to_have_url(re.compile(r"/dashboard$"))
     expect(page.get_by_role("heading", name="Acme Café")).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+
+def test_connect_a_sandbox_page_verify_it_and_send_a_test_message(live_server, sandbox, page):
+    page.goto(f"{live_server}/signup")
+    page.get_by_label("Workspace name").fill("Pages Co")
+    page.get_by_label("Email").fill("pages@acme.example")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Create workspace").click()
+
+    page.get_by_role("link", name="Pages", exact=True).click()
+    expect(page.get_by_text("No pages yet.")).to_be_visible()
+    page.get_by_role("button", name="WhatsApp Cloud API").click()
+    page.get_by_label("Name").fill("Support")
+    page.get_by_label("Send through the built-in sandbox").check()
+    page.get_by_label("Phone number ID").fill("109876543210002")
+    page.get_by_label("Access token").fill("browser-token-0123456789")
+    page.get_by_label("App secret").fill("browser-app-secret")
+    page.get_by_label("Webhook verify token").fill("browser-verify")
+    page.get_by_role("button", name="Connect page").click()
+
+    expect(page.get_by_text("Page Support connected.")).to_be_visible()
+    expect(page.get_by_test_id("page-state")).to_have_text("active")
+    assert "browser-token-0123456789" not in page.content()
+    expect(page.get_by_label("Access token")).to_have_attribute("placeholder", re.compile("••••6789"))
+
+    page.get_by_role("button", name="Verify credentials").click()
+    expect(page.locator("#verify-result")).to_contain_text("Verified:")
+
+    page.get_by_label("To (phone number)").fill("+5511961234567")
+    page.get_by_role("button", name="Send one message").click()
+    expect(page.locator("#test-send-result")).to_contain_text("Sent. The provider's message id is")
+    page.get_by_label("To (phone number)").fill("+5511961230000")
+    page.get_by_role("button", name="Send one message").click()
+    expect(page.locator("#test-send-result")).to_contain_text("Not sent (permanent), code 131026")
+    page.screenshot(path=str(ARTIFACTS / "page.png"), full_page=True)
