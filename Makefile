@@ -33,6 +33,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+bench: install
+	$(BIN)/python bench/sandbox_throughput.py --expect-rps 3000
+	$(BIN)/python bench/transport.py
+
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
