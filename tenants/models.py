@@ -37,6 +37,7 @@ class Tenant(TimestampMixin, db.Model):
     name: Mapped[str] = mapped_column(String(120))
     slug: Mapped[str] = mapped_column(String(80), unique=True)
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    default_country: Mapped[str | None] = mapped_column(String(2))  # ISO 3166 code for national phone numbers
     status: Mapped[TenantStatus] = mapped_column(
         str_enum(TenantStatus, "tenant_status"), default=TenantStatus.ACTIVE
     )

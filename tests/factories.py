@@ -13,11 +13,20 @@ from collections.abc import Callable
 from sqlalchemy import select
 
 from tenants.accounts import hash_password
-from tenants.contacts import Contact, ContactChannelId
+from tenants.contacts import (
+    Contact,
+    ContactChannelId,
+    ContactImport,
+    ContactList,
+    ContactListMember,
+    ImportRejection,
+    Segment,
+)
 from tenants.db import db, utcnow
 from tenants.events import InboundMessage, Receipt, ReceiptStatus, WebhookEvent
 from tenants.models import Membership, Role, Tenant, User
 from tenants.pages import Page, ProviderKind, apply_form
+from tenants.templates import Template
 
 Factory = Callable[[Tenant, dict], object]
 
@@ -86,6 +95,44 @@ def make_inbound_message(tenant: Tenant, made: dict) -> InboundMessage:
     return message
 
 
+def make_contact_list(tenant: Tenant, made: dict) -> ContactList:
+    row = ContactList(name="Customers")
+    db.session.add(row)
+    return row
+
+
+def make_list_member(tenant: Tenant, made: dict) -> ContactListMember:
+    row = ContactListMember(list_id=made[ContactList].id, contact_id=made[Contact].id)
+    db.session.add(row)
+    return row
+
+
+def make_segment(tenant: Tenant, made: dict) -> Segment:
+    row = Segment(name="Berlin", conditions=[{"field": "custom.city", "op": "equals", "value": "Berlin"}])
+    db.session.add(row)
+    return row
+
+
+def make_import(tenant: Tenant, made: dict) -> ContactImport:
+    row = ContactImport(
+        filename="people.csv", stored_path="/nonexistent/people.csv", list_id=made[ContactList].id
+    )
+    db.session.add(row)
+    return row
+
+
+def make_rejection(tenant: Tenant, made: dict) -> ImportRejection:
+    row = ImportRejection(import_id=made[ContactImport].id, line=4, reason="phone: too short", raw="12,Bad")
+    db.session.add(row)
+    return row
+
+
+def make_template(tenant: Tenant, made: dict) -> Template:
+    row = Template(name="Welcome", channel=ProviderKind.WHATSAPP, body="Hi {{firstName}}")
+    db.session.add(row)
+    return row
+
+
 FACTORIES: dict[type, Factory] = {
     Membership: make_membership,
     Page: make_page,
@@ -94,6 +141,12 @@ FACTORIES: dict[type, Factory] = {
     WebhookEvent: make_webhook_event,
     Receipt: make_receipt,
     InboundMessage: make_inbound_message,
+    ContactList: make_contact_list,
+    ContactListMember: make_list_member,
+    Segment: make_segment,
+    ContactImport: make_import,
+    ImportRejection: make_rejection,
+    Template: make_template,
 }
 
 

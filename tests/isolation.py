@@ -42,7 +42,8 @@ def objects_of(tenant_row: Tenant) -> dict[str, int | str]:
         for model, factory in FACTORIES.items():
             made[model] = factory(tenant_row, made)
             db.session.flush()
-            values[id_argument(model)] = made[model].id
+            if hasattr(made[model], "id"):  # association rows have composite keys and no URLs
+                values[id_argument(model)] = made[model].id
         values["kind"] = made[Page].kind.value
         db.session.commit()
     return values
