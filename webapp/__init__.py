@@ -17,7 +17,19 @@ import tenants.registry  # noqa: F401  (every model, for the metadata)
 from tasks.progress import socketio_channel
 from tenants import scoping
 from tenants.db import db
-from webapp import assets, auth, dashboard, errors, health, pages, realtime, tenancy, webhooks, workspaces
+from webapp import (
+    assets,
+    auth,
+    contacts,
+    dashboard,
+    errors,
+    health,
+    pages,
+    realtime,
+    tenancy,
+    webhooks,
+    workspaces,
+)
 from webapp.cli import crier_cli
 from webapp.config import settings
 from webapp.extensions import csrf, htmx, login_manager, migrate, socketio
@@ -54,7 +66,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     realtime.init_app(app)
     csrf.exempt(webhooks.bp)
-    for blueprint in (auth.bp, dashboard.bp, workspaces.bp, pages.bp, webhooks.bp, health.bp, assets.bp):
+    blueprints = (auth, dashboard, workspaces, pages, contacts, webhooks, health, assets)
+    for blueprint in (module.bp for module in blueprints):
         app.register_blueprint(blueprint)
     app.cli.add_command(crier_cli)
     return app

@@ -1,0 +1,165 @@
+"""Finding, listing and changing contacts (the queries behind the contacts pages)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, delete, exists, func, or_, select
+
+from tenants.contacts import Contact, ContactList, ContactListMember
+from tenants.db import db, utcnow
+
+PAGE_SIZE = 50
+
+
+class ContactError(ValueError):
+    """A contact change that cannot be made; the message is for the user."""
+
+
+@dataclass(frozen=True)
+class ContactFilter:
+    """What the contacts page shows: a search, a list, opted-out or not, and a custom-field match."""
+
+    search: str = ""
+    list_id: int | None = None
+    opted_out: bool | None = None
+    field: str = ""
+    value: str = ""
+
+    def apply(self, query: Select) -> Select:
+        if self.search:
+            needle = f"%{self.search.strip()}%"
+            full_name = func.coalesce(Contact.first_name, "") + " " + func.coalesce(Contact.last_name, "")
+            query = query.where(
+                or_(
+                    full_name.ilike(needle),
+                    Contact.email.ilike(needle),
+                    Contact.phone.ilike(needle.replace(" ", "")),
+                )
+            )
+        if self.list_id is not None:
+            query = query.where(
+                exists().where(
+                    ContactListMember.contact_id == Contact.id, ContactListMember.list_id == self.list_id
+                )
+            )
+        if self.opted_out is not None:
+            query = query.where(Contact.opted_out.is_(self.opted_out))
+        if self.field:
+            query = query.where(Contact.custom_fields[self.field].as_string() == self.value)
+        return query
+
+
+@dataclass(frozen=True)
+class ContactPage:
+    contacts: list[Contact]
+    next_after: int | None  # keyset cursor for the following page
+    previous_before: int | None  # keyset cursor for the page before
+
+
+def page_of_contacts(
+    filters: ContactFilter, after: int | None = None, before: int | None = None, size: int = PAGE_SIZE
+) -> ContactPage:
+    """One page, newest first, by keyset (``id`` below/above a cursor) so deep pages stay fast."""
+    query = filters.apply(select(Contact))
+    if before is not None:
+        rows = db.session.scalars(
+            query.where(Contact.id > before).order_by(Contact.id.asc()).limit(size + 1)
+        ).all()
+        more_before = len(rows) > size
+        rows = list(reversed(rows[:size]))
+        return ContactPage(rows, rows[-1].id if rows else None, rows[0].id if rows and more_before else None)
+    if after is not None:
+        query = query.where(Contact.id < after)
+    rows = db.session.scalars(query.order_by(Contact.id.desc()).limit(size + 1)).all()
+    more = len(rows) > size
+    rows = list(rows[:size])
+    return ContactPage(rows, rows[-1].id if rows and more else None, rows[0].id if rows and after else None)
+
+
+def count_contacts(filters: ContactFilter) -> int:
+    return db.session.scalar(filters.apply(select(func.count()).select_from(Contact)))
+
+
+def lists_with_sizes() -> list[tuple[ContactList, int]]:
+    sizes = (
+        select(ContactListMember.list_id, func.count().label("size"))
+        .group_by(ContactListMember.list_id)
+        .subquery()
+    )
+    return db.session.execute(
+        select(ContactList, func.coalesce(sizes.c.size, 0))
+        .outerjoin(sizes, sizes.c.list_id == ContactList.id)
+        .order_by(ContactList.name)
+    ).all()
+
+
+def create_list(name: str) -> ContactList:
+    name = name.strip()
+    if not name:
+        raise ContactError("Give the list a name.")
+    if db.session.scalar(select(ContactList.id).where(ContactList.name == name)) is not None:
+        raise ContactError(f"There is already a list called {name}.")
+    contact_list = ContactList(name=name[:120])
+    db.session.add(contact_list)
+    db.session.flush()
+    return contact_list
+
+
+def lists_of(contact: Contact) -> list[ContactList]:
+    return db.session.scalars(
+        select(ContactList)
+        .join(ContactListMember, ContactListMember.list_id == ContactList.id)
+        .where(ContactListMember.contact_id == contact.id)
+        .order_by(ContactList.name)
+    ).all()
+
+
+def add_to_list(contact: Contact, contact_list: ContactList) -> None:
+    member = db.session.get(ContactListMember, (contact_list.id, contact.id))
+    if member is None:
+        db.session.add(ContactListMember(list_id=contact_list.id, contact_id=contact.id))
+
+
+def remove_from_list(contact: Contact, contact_list: ContactList) -> None:
+    db.session.execute(
+        delete(ContactListMember).where(
+            ContactListMember.list_id == contact_list.id, ContactListMember.contact_id == contact.id
+        )
+    )
+
+
+def opt_out(contact: Contact, source: str) -> None:
+    contact.opted_out = True
+    contact.opted_out_at = utcnow()
+    contact.opted_out_source = source[:200]
+
+
+def opt_in(contact: Contact) -> None:
+    contact.opted_out = False
+    contact.opted_out_at = None
+    contact.opted_out_source = None
+
+
+def erase(contact: Contact) -> None:
+    """Delete the person and everything Crier holds about them (channel ids, list memberships)."""
+    db.session.delete(contact)
+
+
+def display_name(contact: Contact) -> str:
+    name = " ".join(part for part in (contact.first_name, contact.last_name) if part)
+    return name or contact.email or contact.phone or f"Contact {contact.id}"
+
+
+def custom_fields_from_text(raw: str) -> dict[str, Any]:
+    """``key: value`` lines (the edit form's custom fields box) to a dict; refuses malformed lines."""
+    fields: dict[str, Any] = {}
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        if not sep or not key.strip():
+            raise ContactError(f"Custom fields line {number}: write it as 'name: value'.")
+        fields[key.strip()[:100]] = value.strip()
+    return fields

@@ -1,0 +1,120 @@
+"""Browsing and managing contacts and lists."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import func, select
+
+from tenants.contacts import Contact, ContactList, ContactListMember
+from tenants.db import db
+from tenants.models import Tenant
+from tenants.scoping import all_tenants, tenant
+
+
+@pytest.fixture
+def acme(app, auth):
+    """Acme's owner signed in, with 120 contacts (every third in Berlin, every tenth opted out) and a VIP list."""
+    auth.signup()
+    with app.app_context(), all_tenants(db.session):
+        tenant_id = db.session.scalar(select(Tenant.id))
+    with app.app_context(), tenant(db.session, tenant_id):
+        vip = ContactList(name="VIP")
+        db.session.add(vip)
+        for n in range(120):
+            db.session.add(
+                Contact(
+                    phone=f"+55119612{n:05d}",
+                    email=f"person{n}@acme.example",
+                    first_name=f"Person{n:03d}",
+                    last_name="Silva" if n % 2 else "Souza",
+                    custom_fields={"city": "Berlin" if n % 3 == 0 else "Lisbon"},
+                    opted_out=n % 10 == 0,
+                )
+            )
+        db.session.flush()
+        ids = db.session.scalars(select(Contact.id).order_by(Contact.id)).all()
+        for contact_id in ids[:5]:
+            db.session.add(ContactListMember(list_id=vip.id, contact_id=contact_id))
+        db.session.commit()
+        return {"tenant_id": tenant_id, "vip": vip.id, "ids": ids}
+
+
+def _names(html: str) -> list[str]:
+    return re.findall(r">(Person\d{3}) (?:Silva|Souza)<", html)
+
+
+def test_contacts_page_through_newest_first_with_keyset_cursors(client, acme):
+    first = client.get("/contacts").get_data(as_text=True)
+    assert "120 contacts" in first
+    assert _names(first)[:2] == ["Person119", "Person118"] and len(_names(first)) == 50
+    older = re.search(r'href="(/contacts\?after=\d+[^"]*)" rel="next"', first).group(1).replace("&amp;", "&")
+    second = client.get(older).get_data(as_text=True)
+    assert _names(second)[0] == "Person069" and len(_names(second)) == 50
+    newer = (
+        re.search(r'href="(/contacts\?before=\d+[^"]*)" rel="prev"', second).group(1).replace("&amp;", "&")
+    )
+    assert _names(client.get(newer).get_data(as_text=True)) == _names(first)
+    third = client.get(
+        re.search(r'href="(/contacts\?after=\d+[^"]*)" rel="next"', second).group(1).replace("&amp;", "&")
+    )
+    assert len(_names(third.get_data(as_text=True))) == 20 and 'rel="next"' not in third.get_data(
+        as_text=True
+    )
+
+
+def test_search_and_filters(client, acme):
+    assert _names(client.get("/contacts?q=person007").get_data(as_text=True)) == ["Person007"]
+    assert "Person012" in client.get("/contacts?q=%2B5511961200012").get_data(as_text=True)
+    assert "12 contacts" in client.get("/contacts?opted_out=yes").get_data(as_text=True)
+    assert "40 contacts" in client.get("/contacts?field=city&value=Berlin").get_data(as_text=True)
+    vip = client.get(f"/contacts?list={acme['vip']}").get_data(as_text=True)
+    assert "5 contacts" in vip and sorted(_names(vip)) == [f"Person{n:03d}" for n in range(5)]
+    fragment = client.get("/contacts?q=person1", headers={"HX-Request": "true"})
+    assert "<html" not in fragment.get_data(as_text=True) and "HX-Request" in fragment.headers["Vary"]
+    assert client.get("/contacts?after=abc").status_code == 400
+    assert "No contact matches these filters." in client.get("/contacts?q=nobody-at-all").get_data(
+        as_text=True
+    )
+
+
+def test_view_opt_out_and_back_in(app, auth, client, acme):
+    contact_id = acme["ids"][1]
+    page = client.get(f"/contacts/{contact_id}").get_data(as_text=True)
+    assert "Person001 Silva" in page and "Lisbon" in page and "receives campaigns" in page
+    auth.post(f"/contacts/{contact_id}/opt-out")
+    assert "set by a member" in client.get(f"/contacts/{contact_id}").get_data(as_text=True)
+    auth.post(f"/contacts/{contact_id}/opt-in")
+    with app.app_context(), all_tenants(db.session):
+        contact = db.session.get(Contact, contact_id)
+        assert contact.opted_out is False and contact.opted_out_at is None
+
+
+def test_delete_erases_the_person_and_their_list_memberships(app, auth, client, acme):
+    contact_id = acme["ids"][0]
+    auth.post(f"/contacts/{contact_id}/delete")
+    assert client.get(f"/contacts/{contact_id}").status_code == 404
+    with app.app_context(), all_tenants(db.session):
+        assert db.session.get(Contact, contact_id) is None
+        assert db.session.scalar(select(func.count()).select_from(ContactListMember)) == 4
+
+
+def test_lists_create_fill_and_delete(app, auth, client, acme):
+    assert auth.post("/lists", {"name": "Newsletter"}).status_code == 302
+    duplicate = auth.post("/lists", {"name": "Newsletter"})
+    assert duplicate.status_code == 400 and "already a list called Newsletter" in duplicate.get_data(
+        as_text=True
+    )
+    with app.app_context(), all_tenants(db.session):
+        newsletter = db.session.scalar(select(ContactList.id).where(ContactList.name == "Newsletter"))
+    contact_id = acme["ids"][7]
+    auth.post(f"/contacts/{contact_id}/lists", {"list_id": str(newsletter)})
+    auth.post(f"/contacts/{contact_id}/lists", {"list_id": str(newsletter)})  # twice is still once
+    assert "1 contact" in client.get(f"/contacts?list={newsletter}").get_data(as_text=True)
+    auth.post(f"/contacts/{contact_id}/lists/{newsletter}/remove")
+    assert "0 contacts" in client.get(f"/contacts?list={newsletter}").get_data(as_text=True)
+    auth.post(f"/lists/{newsletter}/delete")
+    assert "List Newsletter deleted" in client.get("/lists").get_data(as_text=True)
+    assert "Newsletter</a>" not in client.get("/lists").get_data(as_text=True)
+    assert client.get(f"/contacts?list={newsletter}").status_code == 404
