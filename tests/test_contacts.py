@@ -15,7 +15,7 @@ from tenants.scoping import all_tenants, tenant
 
 @pytest.fixture
 def acme(app, auth):
-    """Acme's owner signed in, with 120 contacts (every third in Berlin, every tenth opted out) and a VIP list."""
+    """Acme's owner signed in; 120 contacts (a third in Berlin, a tenth opted out) and a VIP list."""
     auth.signup()
     with app.app_context(), all_tenants(db.session):
         tenant_id = db.session.scalar(select(Tenant.id))

@@ -78,6 +78,15 @@ def smtp_error_result(exc: Exception, *, maybe_delivered: bool = False) -> SendR
     return SendResult(Outcome.TRANSIENT, detail=f"unexpected SMTP failure ({type(exc).__name__}: {exc})")
 
 
+def setting_flag(value: object, default: bool) -> bool:
+    """A yes/no setting: a bool, or text as the page form stores it ("false", "no", "0", "off" are no)."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, str):
+        return value.strip().lower() not in ("false", "no", "0", "off")
+    return bool(value)
+
+
 def text_to_html(text: str) -> str:
     paragraphs = (html.escape(p).replace("\n", "<br>\n") for p in text.split("\n\n"))
     return (
@@ -151,14 +160,14 @@ class SmtpAdapter:
         self._implicit_tls = url.scheme == "smtps"
         self.host = url.hostname
         self.port = url.port or (465 if self._implicit_tls else 587)
-        self._start_tls = False if self._implicit_tls else bool(settings.get("starttls", True))
+        self._start_tls = False if self._implicit_tls else setting_flag(settings.get("starttls"), True)
         self._username = connection.credentials.get("username") or None
         self._password = connection.credentials.get("password") or None
         self.from_address: str = settings.get("from_address") or self._username or f"crier@{self.host}"
         self._from_name: str | None = settings.get("from_name")
         self._domain = self.from_address.rpartition("@")[2] or self.host
         self._unsubscribe_mailto = settings.get("unsubscribe_mailto") or self.from_address
-        self._validate_certs = bool(settings.get("validate_certs", True))
+        self._validate_certs = setting_flag(settings.get("validate_certs"), True)
         self._guard = guard or UrlGuard(connection.allowed_hosts)
         self._pool = _Pool(self._connect, int(settings.get("pool_size") or DEFAULT_POOL_SIZE))
         self._secrets = tuple(value for value in connection.credentials.values() if value)

@@ -37,6 +37,12 @@ defaults and meaning). A message that passes validation is judged in this order:
 transient failure (``transient_share``), account rate limit (``rate_limit``), WhatsApp pair
 limit (``pair_limit``), recipients that always fail (``permanent_suffixes``), else accepted.
 Refusals never enter the ledger; they are counted in ``stats["rejected"]`` by class.
+
+``malformed_share`` (HTTP send endpoints only) gives that share of well-formed sends a
+malformed answer of ``malformed_kind``: ``html``, a load balancer's 502 error page (the message
+is not accepted; counted as a transient refusal), or ``empty`` / ``truncated``, the provider's
+acceptance with its body emptied or cut in half (the message *is* accepted and in the ledger,
+which is why adapters mark such an answer ``maybe_delivered``). ``stats["malformed"]`` counts them.
 """
 
 from tasks.sandbox.behaviour import SandboxConfig

@@ -13,7 +13,17 @@ from aiohttp import web
 from tasks.sandbox.behaviour import Behaviour, SandboxConfig, Verdict
 from tasks.sandbox.callbacks import Receipts, SubscriptionError
 from tasks.sandbox.ledger import Ledger, Message
-from tasks.sandbox.wire import Answered, Evolution, Messenger, Webhook, WhatsApp, Wire, json_response
+from tasks.sandbox.wire import (
+    Answered,
+    Evolution,
+    Messenger,
+    Webhook,
+    WhatsApp,
+    Wire,
+    bad_gateway,
+    garbled,
+    json_response,
+)
 
 GRAPH_VERSION = r"{version:v\d+(?:\.\d+)?}"
 LEDGER_PAGE_DEFAULT = 1000
@@ -41,17 +51,27 @@ class Sandbox:
 
     async def submit(self, message: Message) -> Decision:
         """Wait the configured latency, judge the message and record it if accepted."""
-        seconds, hung = self.behaviour.delay()
-        if hung:
-            self.ledger.hung += 1
-        if seconds > 0:
-            await asyncio.sleep(seconds)
+        await self.wait()
         now = time.monotonic()
         verdict, retry_after = self.behaviour.judge(message.kind, message.account, message.recipient, now)
         if verdict is not Verdict.ACCEPTED:
             self.ledger.refuse(verdict, message.kind, message.account)
             return Decision(verdict, retry_after, None)
         return Decision(verdict, None, self.record(message, now))
+
+    async def wait(self) -> None:
+        """The configured latency, jitter or hang before an answer."""
+        seconds, hung = self.behaviour.delay()
+        if hung:
+            self.ledger.hung += 1
+        if seconds > 0:
+            await asyncio.sleep(seconds)
+
+    async def bad_gateway(self, message: Message) -> None:
+        """A send that a load balancer answers instead of the provider: late, refused as transient."""
+        await self.wait()
+        self.ledger.malformed += 1
+        self.ledger.refuse(Verdict.TRANSIENT, message.kind, message.account)
 
     def record(self, message: Message, now: float | None = None) -> str:
         """Put an accepted message in the ledger, schedule its receipts, return its message id."""
@@ -81,7 +101,13 @@ SANDBOX = web.AppKey("sandbox", Sandbox)
 
 
 def send_endpoint(wire: Wire) -> Handler:
-    """The handler of a provider's send endpoint."""
+    """The handler of a provider's send endpoint.
+
+    With ``malformed_share`` set, that share of well-formed sends gets a malformed answer:
+    ``html`` a 502 error page instead of the provider (the message is refused as transient),
+    ``empty``/``truncated`` the provider's acceptance with its body emptied or cut in half (the
+    message is accepted; a refusal is answered normally).
+    """
 
     async def send(request: web.Request) -> web.StreamResponse:
         sandbox = request.app[SANDBOX]
@@ -91,10 +117,19 @@ def send_endpoint(wire: Wire) -> Handler:
             if answered.reason is not None:
                 sandbox.ledger.refuse(answered.reason, wire.kind, answered.account)
             return answered.response
+        malformed = None
+        if sandbox.config.malformed_share:
+            malformed = sandbox.behaviour.malformed()
+            if malformed == "html":
+                await sandbox.bad_gateway(message)
+                return bad_gateway()
         verdict, retry_after, message_id = await sandbox.submit(message)
-        if message_id is not None:
-            return wire.accepted(message, message_id)
-        return wire.refused(message, verdict, retry_after)
+        if message_id is None:
+            return wire.refused(message, verdict, retry_after)
+        if malformed is not None:
+            sandbox.ledger.malformed += 1
+            return garbled(wire.accepted(message, message_id), malformed)
+        return wire.accepted(message, message_id)
 
     return send
 

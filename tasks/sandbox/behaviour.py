@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 PAIR_WINDOW_SECONDS = 6.0
+MALFORMED_KINDS = ("html", "empty", "truncated")
 
 
 class Verdict(enum.StrEnum):
@@ -82,8 +83,17 @@ def _seed(name: str, value: Any) -> int:
     return value
 
 
-def _rule(check: Callable[[str, Any], Any], doc: str) -> dict[str, Any]:
-    return {"check": check, "doc": doc}
+def _one_of(*choices: str) -> Callable[[str, Any], str]:
+    def check(name: str, value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+def _rule(check: Callable[[str, Any], Any], doc: str, **extra: Any) -> dict[str, Any]:
+    return {"check": check, "doc": doc, **extra}
 
 
 @dataclass(slots=True)
@@ -112,6 +122,19 @@ class SandboxConfig:
         default=0.0, metadata=_rule(_share, "share of requests that wait hang_seconds before answering")
     )
     hang_seconds: float = field(default=30.0, metadata=_rule(_number, "how long a hung request waits"))
+    malformed_share: float = field(
+        default=0.0,
+        metadata=_rule(_share, "share of HTTP sends answered with a malformed answer (see malformed_kind)"),
+    )
+    malformed_kind: str = field(
+        default="html",
+        metadata=_rule(
+            _one_of(*MALFORMED_KINDS),
+            "html: a load balancer's 502 page, message not accepted; empty: an empty 2xx body; "
+            "truncated: the 2xx JSON cut in half (both accepted)",
+            choices=MALFORMED_KINDS,
+        ),
+    )
     callbacks: bool = field(
         default=True, metadata=_rule(_flag, "send delivered/read receipts to subscribed accounts")
     )
@@ -234,6 +257,12 @@ class Behaviour:
         if config.jitter_ms:
             seconds += self.rng.uniform(0.0, config.jitter_ms)
         return seconds / 1000.0, False
+
+    def malformed(self) -> str | None:
+        """The malformed answer this send gets (``malformed_kind``), or None; only called when
+        ``malformed_share`` is set, so the random sequence is unchanged without it."""
+        config = self.config
+        return config.malformed_kind if self.rng.random() < config.malformed_share else None
 
     def judge(self, kind: str, account: str, recipient: str, now: float) -> tuple[Verdict, float | None]:
         """The verdict for one message and, when throttled, the seconds to wait."""

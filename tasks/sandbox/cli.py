@@ -34,7 +34,8 @@ def parser() -> argparse.ArgumentParser:
         elif isinstance(default, list):
             parse.add_argument(name, default=None, metavar="A,B", help=doc)
         else:
-            parse.add_argument(name, type=type(default), default=None, help=doc)
+            choices = setting.metadata.get("choices")
+            parse.add_argument(name, type=type(default), default=None, choices=choices, help=doc)
     return parse
 
 

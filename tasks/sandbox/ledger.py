@@ -116,6 +116,7 @@ class Ledger:
         self.accepted = 0
         self.duplicates = 0
         self.hung = 0
+        self.malformed = 0
         self.refused = dict.fromkeys(REFUSAL_CLASSES, 0)
         self.accounts: dict[tuple[str, str], AccountTally] = {}
         nonce = secrets.token_hex(4)
@@ -211,6 +212,7 @@ class Ledger:
             "duplicates": self.duplicates,
             "rejected": dict(self.refused),
             "hung": self.hung,
+            "malformed": self.malformed,
             "ledger": {"first_seq": self.first_seq, "last_seq": self.first_seq + len(self.times) - 1},
             "by_account": self.by_account(),
         }

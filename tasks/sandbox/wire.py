@@ -57,6 +57,23 @@ def retry_after_header(seconds: float | None) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds or 1)))}
 
 
+BAD_GATEWAY_PAGE = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+
+
+def bad_gateway() -> web.Response:
+    """What a load balancer in front of the provider answers when the provider is unreachable."""
+    return web.Response(body=BAD_GATEWAY_PAGE, status=502, content_type="text/html")
+
+
+def garbled(answer: web.Response, kind: str) -> web.Response:
+    """``answer`` (an acceptance) with its status kept and its body emptied or cut in half."""
+    body = bytes(answer.body or b"") if kind == "truncated" else b""
+    return web.Response(body=body[: len(body) // 2], status=answer.status, content_type=answer.content_type)
+
+
 def digits_of(address: str) -> str:
     """A phone number as WhatsApp ids it: the digits, without ``+`` or a JID suffix."""
     if address.isdigit():
