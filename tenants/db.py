@@ -68,6 +68,14 @@ class TimestampMixin:
 
 db = SQLAlchemy(model_class=Base)
 
+# Indexes the models cannot express portably, created by migrations on PostgreSQL only.
+DATABASE_ONLY_INDEXES = frozenset({"ix_contacts_search"})
+
+
+def include_in_autogenerate(obj, name, type_, reflected, compare_to) -> bool:
+    """Alembic's filter: leave the database-only indexes alone."""
+    return not (type_ == "index" and name in DATABASE_ONLY_INDEXES)
+
 
 @event.listens_for(Engine, "connect")
 def _tune_sqlite(dbapi_connection, connection_record) -> None:

@@ -47,7 +47,7 @@ def _names(html: str) -> list[str]:
 
 def test_contacts_page_through_newest_first_with_keyset_cursors(client, acme):
     first = client.get("/contacts").get_data(as_text=True)
-    assert "120 contacts" in first
+    assert client.get("/contacts/count").get_data(as_text=True) == "120 contacts"
     assert _names(first)[:2] == ["Person119", "Person118"] and len(_names(first)) == 50
     older = re.search(r'href="(/contacts\?after=\d+[^"]*)" rel="next"', first).group(1).replace("&amp;", "&")
     second = client.get(older).get_data(as_text=True)
@@ -67,10 +67,11 @@ def test_contacts_page_through_newest_first_with_keyset_cursors(client, acme):
 def test_search_and_filters(client, acme):
     assert _names(client.get("/contacts?q=person007").get_data(as_text=True)) == ["Person007"]
     assert "Person012" in client.get("/contacts?q=%2B5511961200012").get_data(as_text=True)
-    assert "12 contacts" in client.get("/contacts?opted_out=yes").get_data(as_text=True)
-    assert "40 contacts" in client.get("/contacts?field=city&value=Berlin").get_data(as_text=True)
+    assert client.get("/contacts/count?opted_out=yes").get_data(as_text=True) == "12 contacts"
+    assert client.get("/contacts/count?field=city&value=Berlin").get_data(as_text=True) == "40 contacts"
+    assert client.get("/contacts/count?q=silva").get_data(as_text=True) == "60 contacts"
     vip = client.get(f"/contacts?list={acme['vip']}").get_data(as_text=True)
-    assert "5 contacts" in vip and sorted(_names(vip)) == [f"Person{n:03d}" for n in range(5)]
+    assert sorted(_names(vip)) == [f"Person{n:03d}" for n in range(5)]
     fragment = client.get("/contacts?q=person1", headers={"HX-Request": "true"})
     assert "<html" not in fragment.get_data(as_text=True) and "HX-Request" in fragment.headers["Vary"]
     assert client.get("/contacts?after=abc").status_code == 400
@@ -111,9 +112,9 @@ def test_lists_create_fill_and_delete(app, auth, client, acme):
     contact_id = acme["ids"][7]
     auth.post(f"/contacts/{contact_id}/lists", {"list_id": str(newsletter)})
     auth.post(f"/contacts/{contact_id}/lists", {"list_id": str(newsletter)})  # twice is still once
-    assert "1 contact" in client.get(f"/contacts?list={newsletter}").get_data(as_text=True)
+    assert client.get(f"/contacts/count?list={newsletter}").get_data(as_text=True) == "1 contact"
     auth.post(f"/contacts/{contact_id}/lists/{newsletter}/remove")
-    assert "0 contacts" in client.get(f"/contacts?list={newsletter}").get_data(as_text=True)
+    assert client.get(f"/contacts/count?list={newsletter}").get_data(as_text=True) == "0 contacts"
     auth.post(f"/lists/{newsletter}/delete")
     assert "List Newsletter deleted" in client.get("/lists").get_data(as_text=True)
     assert "Newsletter</a>" not in client.get("/lists").get_data(as_text=True)

@@ -8,13 +8,14 @@ from alembic.migration import MigrationContext
 from flask_migrate import upgrade
 from sqlalchemy import create_engine
 
-from tenants.db import db
+from tenants.db import db, include_in_autogenerate
 from tests.conftest import built_app
 
 
 def _differences(engine) -> list:
     with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True, "render_as_batch": True})
+        opts = {"compare_type": True, "render_as_batch": True, "include_object": include_in_autogenerate}
+        context = MigrationContext.configure(conn, opts=opts)
         return compare_metadata(context, db.metadata)
 
 
@@ -41,3 +42,11 @@ def test_the_app_never_creates_tables_itself(path):
     root = Path(__file__).resolve().parent.parent / path
     offenders = [str(p) for p in root.rglob("*.py") if "create_all(" in p.read_text()]
     assert offenders == []
+
+
+def test_contact_search_has_its_trigram_index_on_postgresql(app):
+    with app.app_context():
+        indexes = db.session.execute(
+            db.text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_contacts_search'")
+        )
+        assert "gin_trgm_ops" in indexes.scalar_one()
