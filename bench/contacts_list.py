@@ -38,7 +38,8 @@ FROM generate_series(1, {count}) AS n
 FILL_OTHER_TENANT = """
 INSERT INTO contacts
     (tenant_id, phone, email, first_name, custom_fields, opted_out, created_at, updated_at)
-SELECT 2, '+4915' || lpad(n::text, 8, '0'), 'other' || n || '@example.com', 'Other', '{{}}', false, now(), now()
+SELECT 2, '+4915' || lpad(n::text, 8, '0'), 'other' || n || '@example.com', 'Other', '{{}}', false,
+       now(), now()
 FROM generate_series(1, 1000) AS n
 """
 FILL_LIST = """
