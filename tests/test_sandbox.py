@@ -429,6 +429,72 @@ def test_latency_and_jitter_delay_every_answer(sandbox):
     assert response.status_code == 200 and 0.15 <= time.monotonic() - started < 1.0
 
 
+def test_malformed_html_is_a_load_balancers_502_and_the_message_is_not_accepted(sandbox):
+    configure(sandbox, malformed_share=1.0, malformed_kind="html")
+
+    wa, hook = whatsapp(sandbox), webhook(sandbox)
+
+    for response in (wa, hook):
+        assert response.status_code == 502
+        assert response.headers["Content-Type"].startswith("text/html")
+        assert "<title>502 Bad Gateway</title>" in response.text
+    summary = stats(sandbox)
+    assert (summary["accepted"], summary["malformed"], summary["rejected"]["transient"]) == (0, 2, 2)
+    assert ledger(sandbox) == []
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated"])
+def test_malformed_2xx_answers_are_garbled_but_the_message_is_accepted(sandbox, kind):
+    configure(sandbox, malformed_share=1.0, malformed_kind=kind)
+
+    wa, evo = whatsapp(sandbox, reference="delivery-3"), evolution(sandbox)
+    configure(sandbox, malformed_share=0.0)
+    intact = whatsapp(sandbox, reference="delivery-4")
+
+    assert (wa.status_code, evo.status_code) == (200, 201)
+    for response in (wa, evo):
+        if kind == "empty":
+            assert response.content == b""
+        else:
+            assert response.content and response.content[:1] == b"{"
+            with pytest.raises(json.JSONDecodeError):
+                response.json()
+    if kind == "truncated":
+        wa_id = ledger(sandbox)[0]["message_id"]
+        whole = intact.text.replace(intact.json()["messages"][0]["id"], wa_id)
+        assert whole.startswith(wa.text) and len(wa.content) == len(whole.encode()) // 2
+    summary = stats(sandbox)
+    assert (summary["accepted"], summary["malformed"], summary["duplicates"]) == (3, 2, 0)
+    assert [entry["reference"] for entry in ledger(sandbox)] == ["delivery-3", None, "delivery-4"]
+
+
+def test_malformed_share_spares_refusals_pings_and_is_validated(sandbox):
+    configure(sandbox, malformed_share=1.0, malformed_kind="truncated", rate_limit=1)
+
+    accepted, throttled = whatsapp(sandbox, reference="d-1"), whatsapp(sandbox, reference="d-2")
+    ping = sandbox.post("/webhook/acme", json={"type": "ping"})
+    bad_kind = sandbox.put("/_sandbox/config", json={"malformed_kind": "xml"})
+    bad_share = sandbox.put("/_sandbox/config", json={"malformed_share": 1.5})
+
+    assert accepted.status_code == 200 and accepted.content.startswith(b'{"messaging_product"')
+    assert throttled.status_code == 429 and graph_error(throttled)["code"] == 130429
+    assert ping.json() == {"ok": True}
+    assert bad_kind.status_code == bad_share.status_code == 400
+    assert "html, empty, truncated" in bad_kind.json()["error"]
+    assert stats(sandbox)["malformed"] == 1
+
+
+def test_a_malformed_share_garbles_about_that_share_reproducibly(sandbox):
+    configure(sandbox, malformed_share=0.25, malformed_kind="empty", seed=3)
+    first = [len(whatsapp(sandbox, reference=f"d-{n}").content) for n in range(40)]
+    configure(sandbox, seed=3)
+    second = [len(whatsapp(sandbox, reference=f"e-{n}").content) for n in range(40)]
+
+    assert [size == 0 for size in first] == [size == 0 for size in second]
+    assert 3 <= first.count(0) <= 18
+    assert stats(sandbox)["accepted"] == 80
+
+
 # --- ledger and statistics ------------------------------------------------------------------
 
 
@@ -522,12 +588,19 @@ def test_reset_forgets_messages_counters_and_run_time_config(sandbox):
 
 
 def test_startup_options_set_the_config_that_reset_returns_to():
-    options = {"latency_ms": 5.0, "rate_limit": 80.0, "permanent_suffixes": ["99", "98"], "callbacks": False}
+    options = {
+        "latency_ms": 5.0,
+        "rate_limit": 80.0,
+        "permanent_suffixes": ["99", "98"],
+        "callbacks": False,
+        "malformed_share": 0.25,
+        "malformed_kind": "truncated",
+    }
     with (
         SandboxProcess(log=ARTIFACTS / "sandbox-options.log", **options) as configured,
         httpx.Client(base_url=configured.url) as client,
     ):
-        configure(client, latency_ms=0, callbacks=True)
+        configure(client, latency_ms=0, callbacks=True, malformed_share=0.0, malformed_kind="html")
         client.post("/_sandbox/reset").raise_for_status()
         config = client.get("/_sandbox/config").json()
 

@@ -54,45 +54,13 @@ def serve(host: str, port: int) -> None:
     serve_web(current_app._get_current_object(), host, port)
 
 
-@crier_cli.command("sandbox")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8025, show_default=True, type=int, help="HTTP port.")
-@click.option("--smtp-port", default=8026, show_default=True, type=int, help="SMTP port.")
-@click.option("--latency-ms", default=0.0, show_default=True, type=click.FloatRange(min=0))
-@click.option("--jitter-ms", default=0.0, show_default=True, type=click.FloatRange(min=0))
-@click.option(
-    "--transient-share",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="Share of sends answered with a transient error.",
+@crier_cli.command(
+    "sandbox",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
 )
-@click.option(
-    "--rate-limit",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Messages per second per account (0 = unlimited).",
-)
-@click.option(
-    "--pair-limit",
-    default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="WhatsApp: messages to one recipient per 6 s (0 = unlimited).",
-)
-@click.option(
-    "--hang-share",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="Share of requests that hang.",
-)
-@click.option("--hang-seconds", default=30.0, show_default=True, type=click.FloatRange(min=0))
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random choices.")
-@click.option("--callbacks/--no-callbacks", default=True, show_default=True, help="Send receipts.")
-def sandbox(host: str, port: int, smtp_port: int, **config: object) -> None:
-    """Run the sandbox provider (Graph API, Evolution, webhook and SMTP stand-ins) until Ctrl-C."""
-    from tasks.sandbox import run
+@click.argument("options", nargs=-1, type=click.UNPROCESSED)
+def sandbox(options: tuple[str, ...]) -> None:
+    """Run the sandbox provider until Ctrl-C (`flask crier sandbox --help` lists every option)."""
+    from tasks.sandbox.cli import main
 
-    run(host, port, smtp_port, **config)
+    main(list(options))

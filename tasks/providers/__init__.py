@@ -49,18 +49,12 @@ def adapter_for(
 ) -> ProviderAdapter:
     """The adapter for ``connection``'s kind, sending over ``client`` (shared; not closed by the adapter).
 
-    Webhook, Evolution and SMTP pages (tenant-chosen hosts) are checked by ``guard``, else by
-    the guard ``client`` was built with, else by one that allows no internal address except
-    ``connection.allowed_hosts``.
+    Every page's host is the tenant's choice, so it is checked by ``guard``, else by the guard
+    ``client`` was built with, else by one that allows no internal address except
+    ``connection.allowed_hosts`` (requests to the provider's own public API are not checked).
     Without ``client`` an HTTP adapter makes its own and closes it in ``aclose()``.
     """
     kind = ProviderKind(connection.kind)
-    if kind is ProviderKind.MESSENGER:
-        return MessengerAdapter(connection, client)
-    if kind is ProviderKind.WHATSAPP:
-        return WhatsAppAdapter(connection, client)
-    if kind is ProviderKind.EVOLUTION:
-        return EvolutionAdapter(connection, client, guard=guard)
-    if kind is ProviderKind.WEBHOOK:
-        return WebhookAdapter(connection, client, guard=guard)
-    return SmtpAdapter(connection, guard=guard_for(connection, client, guard))
+    if kind is ProviderKind.SMTP:
+        return SmtpAdapter(connection, guard=guard_for(connection, client, guard))
+    return ADAPTERS[kind](connection, client, guard=guard)

@@ -80,8 +80,6 @@ class EvolutionAdapter(HttpAdapter):
     kind: ClassVar[ProviderKind] = ProviderKind.EVOLUTION
     label: ClassVar[str] = "Evolution"
 
-    guarded: ClassVar[bool] = True
-
     def __init__(
         self,
         connection: PageConnection,

@@ -110,15 +110,15 @@ class HttpAdapter:
     :func:`tasks.providers.base.redact_result`, so no credential of the page can reach a
     ``detail``. Without a ``client`` the adapter makes (and on :meth:`aclose` closes) its own.
 
-    Adapters whose URL the tenant chooses set ``guarded``: each request is first checked by
-    :func:`guard_for` (the explicit guard, else the client's, else the connection's allow-list);
-    host names are resolved in that check only when the client does not enforce a guard at
-    connection time itself.
+    Every page's base URL is chosen by its tenant, so each request is first checked by
+    :func:`guard_for` (the explicit guard, else the client's, else the connection's allow-list),
+    except requests to the provider's own public API (``trusted_base_url``); host names are
+    resolved in that check only when the client does not enforce a guard at connection time itself.
     """
 
     kind: ClassVar[ProviderKind]
     label: ClassVar[str]
-    guarded: ClassVar[bool] = False
+    trusted_base_url: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -130,9 +130,8 @@ class HttpAdapter:
         if connection.kind != self.kind:
             raise ValueError(f"{type(self).__name__} cannot use a {connection.kind} page")
         self.connection = connection
-        self.guard: UrlGuard | None = None
-        if self.guarded:
-            self.guard = guard_for(connection, client, guard)
+        trusted = self.trusted_base_url and connection.base_url.rstrip("/") == self.trusted_base_url
+        self.guard: UrlGuard | None = None if trusted else guard_for(connection, client, guard)
         self._owns_client = client is None
         self.client = client if client is not None else make_client(guard=self.guard)
         self._resolve_in_check = guard_of(self.client) is None

@@ -9,6 +9,7 @@ import httpx
 from tasks.providers.base import OutgoingMessage, PageConnection, ProviderKind, SendResult, VerifyResult
 from tasks.providers.classification import graph_answer, read_json, verify_failure
 from tasks.providers.http import HttpAdapter
+from tasks.providers.ssrf import UrlGuard
 
 DEFAULT_BASE_URL = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v21.0"
@@ -18,10 +19,17 @@ class MessengerAdapter(HttpAdapter):
     """Sends text to a page-scoped id with ``messaging_type`` + ``tag``; the reference is ``metadata``."""
 
     kind: ClassVar[ProviderKind] = ProviderKind.MESSENGER
+    trusted_base_url: ClassVar[str | None] = DEFAULT_BASE_URL
     label: ClassVar[str] = "Messenger"
 
-    def __init__(self, connection: PageConnection, client: httpx.AsyncClient | None = None):
-        super().__init__(connection, client)
+    def __init__(
+        self,
+        connection: PageConnection,
+        client: httpx.AsyncClient | None = None,
+        *,
+        guard: UrlGuard | None = None,
+    ):
+        super().__init__(connection, client, guard=guard)
         settings = connection.settings
         base = (connection.base_url or DEFAULT_BASE_URL).rstrip("/")
         self._api = f"{base}/{settings.get('api_version') or DEFAULT_API_VERSION}"

@@ -70,7 +70,6 @@ class WebhookAdapter(HttpAdapter):
 
     kind: ClassVar[ProviderKind] = ProviderKind.WEBHOOK
     label: ClassVar[str] = "webhook"
-    guarded: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -10,6 +10,7 @@ import httpx
 from tasks.providers.base import OutgoingMessage, PageConnection, ProviderKind, SendResult, VerifyResult
 from tasks.providers.classification import graph_answer, read_json, verify_failure
 from tasks.providers.http import HttpAdapter
+from tasks.providers.ssrf import UrlGuard
 
 DEFAULT_BASE_URL = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v21.0"
@@ -25,10 +26,17 @@ class WhatsAppAdapter(HttpAdapter):
     ``biz_opaque_callback_data`` and comes back in status callbacks."""
 
     kind: ClassVar[ProviderKind] = ProviderKind.WHATSAPP
+    trusted_base_url: ClassVar[str | None] = DEFAULT_BASE_URL
     label: ClassVar[str] = "WhatsApp"
 
-    def __init__(self, connection: PageConnection, client: httpx.AsyncClient | None = None):
-        super().__init__(connection, client)
+    def __init__(
+        self,
+        connection: PageConnection,
+        client: httpx.AsyncClient | None = None,
+        *,
+        guard: UrlGuard | None = None,
+    ):
+        super().__init__(connection, client, guard=guard)
         settings = connection.settings
         base = (connection.base_url or DEFAULT_BASE_URL).rstrip("/")
         self._phone_number_id = str(settings.get("phone_number_id") or "")

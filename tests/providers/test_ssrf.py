@@ -19,6 +19,7 @@ from tests.providers import (
     MESSAGE,
     SECRETS,
     local_http_server,
+    page,
     run,
 )
 
@@ -304,3 +305,23 @@ def test_the_connection_can_allow_the_sandbox_but_page_settings_cannot() -> None
     allowed, refused = run(scenario())
     assert (allowed.outcome, allowed.provider_message_id) == (Outcome.SENT, "sandbox-2")
     assert (refused.outcome, refused.code) == (Outcome.PAGE_FATAL, "ssrf")
+
+
+@pytest.mark.parametrize("kind", [ProviderKind.WHATSAPP, ProviderKind.MESSENGER])
+def test_meta_pages_pointed_at_an_internal_host_are_refused(kind: ProviderKind) -> None:
+    connection = page(kind, base_url="http://169.254.169.254")
+    result = run(_send_with(adapter_for(connection, make_client())))
+    assert result.outcome is Outcome.PAGE_FATAL and "169.254.169.254" in (result.detail or "")
+
+
+def test_the_providers_own_api_host_is_not_checked() -> None:
+    adapter = adapter_for(page(ProviderKind.WHATSAPP, base_url="https://graph.facebook.com"), make_client())
+    assert adapter.guard is None
+    run(adapter.client.aclose())
+
+
+async def _send_with(adapter) -> SendResult:
+    try:
+        return await adapter.send(MESSAGE)
+    finally:
+        await adapter.client.aclose()
