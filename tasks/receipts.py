@@ -251,9 +251,11 @@ def store(event: WebhookEvent, parsed: ParsedCallback) -> None:
 def process_webhook_event(event_id: int) -> None:
     """Parse one stored callback; idempotent, so a redelivered message changes nothing twice."""
     with all_tenants(db.session):
-        event = db.session.get(WebhookEvent, event_id)
+        event = db.session.scalar(
+            select(WebhookEvent).where(WebhookEvent.id == event_id).with_for_update(skip_locked=True)
+        )
     if event is None or event.processed_at is not None:
-        return
+        return  # gone, done, or being processed by another worker right now
     with tenant(db.session, event.tenant_id):
         try:
             store(event, parse(event.kind, event.body))

@@ -93,7 +93,9 @@ def built_app(**config) -> Iterator[Flask]:
     from tenants.db import db
     from webapp import create_app
 
-    app = create_app({"TESTING": True, **config})
+    # In-process apps enqueue under their own prefix: the session's real worker must not race the test.
+    prefix = f"{os.environ['REDIS_PREFIX']}-inproc"
+    app = create_app({"TESTING": True, "REDIS_PREFIX": prefix, **config})
     try:
         yield app
     finally:
