@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Select, delete, exists, func, select, text
 
 from tenants.contacts import Contact, ContactList, ContactListMember
 from tenants.db import db, utcnow
+from tenants.phones import InvalidPhone, to_e164
+from tenants.spreadsheet import neutralise_row
 
 PAGE_SIZE = 50
 # One lower-cased text per contact; on PostgreSQL a trigram index (migration 0004) covers it.
@@ -177,3 +181,81 @@ def custom_fields_from_text(raw: str) -> dict[str, Any]:
             raise ContactError(f"Custom fields line {number}: write it as 'name: value'.")
         fields[key.strip()[:100]] = value.strip()
     return fields
+
+
+def _clean_email(raw: str) -> str | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        return validate_email(raw, check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        raise ContactError(f"Email: {exc}") from None
+
+
+def save_contact(
+    contact: Contact,
+    *,
+    default_country: str | None,
+    phone: str,
+    email: str,
+    first_name: str,
+    last_name: str,
+    company: str,
+    custom_fields: dict[str, Any],
+) -> Contact:
+    """Validate and apply the contact form: E.164 phone, valid email, each unique in the tenant."""
+    try:
+        clean_phone = to_e164(phone, default_country) if phone.strip() else None
+    except InvalidPhone as exc:
+        raise ContactError(f"Phone: {exc}") from None
+    clean_email = _clean_email(email)
+    if not clean_phone and not clean_email:
+        raise ContactError("A contact needs a phone number or an email address.")
+    for column, value, label in (
+        (Contact.phone, clean_phone, "phone number"),
+        (Contact.email, clean_email, "email"),
+    ):
+        if value is None:
+            continue
+        owner = db.session.scalar(select(Contact.id).where(column == value))
+        if owner is not None and owner != contact.id:
+            raise ContactError(f"Another contact already has this {label} ({value}).")
+    contact.phone, contact.email = clean_phone, clean_email
+    contact.first_name = first_name.strip()[:200] or None
+    contact.last_name = last_name.strip()[:200] or None
+    contact.company = company.strip()[:200] or None
+    contact.custom_fields = custom_fields
+    return contact
+
+
+EXPORT_COLUMNS = ("phone", "email", "first_name", "last_name", "company", "opted_out", "created_at")
+
+
+def custom_field_names(tenant_id: int) -> list[str]:
+    """Every custom field key the tenant's contacts use (raw SQL, so the tenant is bound by hand)."""
+    if db.engine.dialect.name == "postgresql":
+        sql = "SELECT DISTINCT jsonb_object_keys(custom_fields) FROM contacts WHERE tenant_id = :tenant"
+    else:
+        sql = "SELECT DISTINCT key FROM contacts, json_each(contacts.custom_fields) WHERE tenant_id = :tenant"
+    return sorted(db.session.scalars(text(sql), {"tenant": tenant_id}))
+
+
+def export_rows(filters: ContactFilter, tenant_id: int, batch: int = 2000) -> Iterator[list[str]]:
+    """The header then one spreadsheet-safe row per matching contact, read in keyset batches (flat memory)."""
+    fields = custom_field_names(tenant_id)
+    yield neutralise_row([*EXPORT_COLUMNS, *fields])
+    after = 0
+    while True:
+        rows = db.session.scalars(
+            filters.apply(select(Contact)).where(Contact.id > after).order_by(Contact.id).limit(batch)
+        ).all()
+        if not rows:
+            return
+        for contact in rows:
+            custom = contact.custom_fields or {}
+            values = [getattr(contact, column) for column in EXPORT_COLUMNS]
+            values[EXPORT_COLUMNS.index("created_at")] = contact.created_at.isoformat()
+            yield neutralise_row([*values, *(custom.get(name, "") for name in fields)])
+        after = rows[-1].id
+        db.session.expunge_all()

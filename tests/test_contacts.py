@@ -119,3 +119,61 @@ def test_lists_create_fill_and_delete(app, auth, client, acme):
     assert "List Newsletter deleted" in client.get("/lists").get_data(as_text=True)
     assert "Newsletter</a>" not in client.get("/lists").get_data(as_text=True)
     assert client.get(f"/contacts?list={newsletter}").status_code == 404
+
+
+def test_add_and_edit_a_contact_with_validation(app, auth, client, acme):
+    with app.app_context(), all_tenants(db.session):
+        db.session.get(Tenant, acme["tenant_id"]).default_country = "BR"
+        db.session.commit()
+    form = {
+        "phone": "(11) 96555-1234",
+        "email": "Maria@Acme.EXAMPLE",
+        "first_name": "Maria",
+        "last_name": "",
+        "company": "Acme",
+        "custom_fields": "city: Recife\nplan: pro",
+    }
+    response = auth.post("/contacts/new", form)
+    assert response.status_code == 302
+    with app.app_context(), all_tenants(db.session):
+        maria = db.session.scalar(select(Contact).where(Contact.first_name == "Maria"))
+    assert (maria.phone, maria.email, maria.custom_fields) == (
+        "+5511965551234",
+        "maria@acme.example",
+        {"city": "Recife", "plan": "pro"},
+    )
+
+    taken = auth.post(f"/contacts/{maria.id}/edit", {**form, "phone": "+5511961200003"})
+    assert taken.status_code == 400 and "Another contact already has this phone number" in taken.get_data(
+        as_text=True
+    )
+    bad = auth.post(f"/contacts/{maria.id}/edit", {**form, "phone": "12"})
+    assert bad.status_code == 400 and "Phone:" in bad.get_data(as_text=True)
+    bad_field = auth.post(f"/contacts/{maria.id}/edit", {**form, "custom_fields": "no colon here"})
+    assert "Custom fields line 1" in bad_field.get_data(as_text=True)
+    empty = auth.post("/contacts/new", {"phone": "", "email": "", "first_name": "Nobody"})
+    assert "needs a phone number or an email" in empty.get_data(as_text=True)
+    assert auth.post(f"/contacts/{maria.id}/edit", {**form, "last_name": "Souza"}).status_code == 302
+    assert "Maria Souza" in client.get(f"/contacts/{maria.id}").get_data(as_text=True)
+
+
+def test_export_is_spreadsheet_safe_filtered_and_only_this_tenants(app, auth, client, acme, other_client):
+    from tests.conftest import Auth
+
+    Auth(other_client).signup(email="b@bravo.example", workspace="Bravo")
+    with app.app_context(), all_tenants(db.session):
+        bravo = db.session.scalar(select(Tenant.id).where(Tenant.name == "Bravo"))
+        db.session.add(
+            Contact(tenant_id=bravo, phone="+4915100000001", first_name="Secret", custom_fields={})
+        )
+        contact = db.session.get(Contact, acme["ids"][3])
+        contact.company = '=HYPERLINK("http://evil.example","click")'
+        db.session.commit()
+    response = client.get("/contacts/export.csv?field=city&value=Berlin")
+    assert response.mimetype == "text/csv" and "attachment" in response.headers["Content-Disposition"]
+    lines = response.get_data(as_text=True).splitlines()
+    assert lines[0] == "phone,email,first_name,last_name,company,opted_out,created_at,city"
+    assert len(lines) == 1 + 40
+    evil = next(line for line in lines if "HYPERLINK" in line)
+    assert "'=HYPERLINK" in evil and "'+5511961200003" in evil
+    assert "Secret" not in response.get_data(as_text=True)

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+import csv
+import io
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
 
 from tenants.contact_book import (
     ContactError,
@@ -11,17 +25,21 @@ from tenants.contact_book import (
     all_lists,
     count_contacts,
     create_list,
+    custom_fields_from_text,
     display_name,
     erase,
+    export_rows,
     lists_of,
     lists_with_sizes,
     opt_in,
     opt_out,
     page_of_contacts,
     remove_from_list,
+    save_contact,
 )
 from tenants.contacts import Contact, ContactList
 from tenants.db import db
+from tenants.scoping import tenant
 from webapp.rendering import render_page
 from webapp.tenancy import member_required
 
@@ -72,6 +90,91 @@ def count():
     """How many contacts match, fetched after the page (an exact count of a million rows takes a while)."""
     total = count_contacts(_filters())
     return f"{total:,} contact{'' if total == 1 else 's'}"
+
+
+def _save_from_form(contact: Contact) -> None:
+    form = request.form
+    save_contact(
+        contact,
+        default_country=g.workspace.tenant.default_country,
+        phone=form.get("phone", ""),
+        email=form.get("email", ""),
+        first_name=form.get("first_name", ""),
+        last_name=form.get("last_name", ""),
+        company=form.get("company", ""),
+        custom_fields=custom_fields_from_text(form.get("custom_fields", "")),
+    )
+
+
+def _form_page(contact: Contact, creating: bool, error: str | None):
+    custom = "\n".join(f"{key}: {value}" for key, value in (contact.custom_fields or {}).items())
+    return render_template(
+        "contacts/form.html",
+        contact=contact,
+        creating=creating,
+        error=error,
+        form=request.form,
+        custom=custom,
+    ), 400 if error else 200
+
+
+@bp.route("/contacts/new", methods=["GET", "POST"])
+@member_required
+def new():
+    contact, error = Contact(custom_fields={}), None
+    if request.method == "POST":
+        try:
+            _save_from_form(contact)
+        except ContactError as exc:
+            error = str(exc)
+        else:
+            db.session.add(contact)
+            db.session.commit()
+            flash(f"{display_name(contact)} added.", "success")
+            return redirect(url_for("contacts.show", contact_id=contact.id))
+    return _form_page(contact, True, error)
+
+
+@bp.route("/contacts/<int:contact_id>/edit", methods=["GET", "POST"])
+@member_required
+def edit(contact_id: int):
+    contact, error = db.get_or_404(Contact, contact_id), None
+    if request.method == "POST":
+        try:
+            _save_from_form(contact)
+        except ContactError as exc:
+            error = str(exc)
+            db.session.rollback()
+            contact = db.get_or_404(Contact, contact_id)
+        else:
+            db.session.commit()
+            flash(f"{display_name(contact)} saved.", "success")
+            return redirect(url_for("contacts.show", contact_id=contact.id))
+    return _form_page(contact, False, error)
+
+
+@bp.get("/contacts/export.csv")
+@member_required
+def export():
+    """Matching contacts as CSV that is safe to open in a spreadsheet, streamed batch by batch."""
+    filters, tenant_id = _filters(), g.workspace.tenant.id
+
+    def lines():
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        with tenant(db.session, tenant_id):  # the stream may run in a fresh session, after the view returned
+            for row in export_rows(filters, tenant_id):
+                writer.writerow(row)
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+
+    filename = f"{g.workspace.tenant.slug}-contacts.csv"
+    return Response(
+        stream_with_context(lines()),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 @bp.get("/contacts/<int:contact_id>")
