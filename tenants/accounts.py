@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 
+import phonenumbers
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from email_validator import EmailNotValidError, validate_email
@@ -103,6 +104,25 @@ def create_workspace(owner: User, name: str, timezone: str = "UTC") -> Tenant:
         db.session.add(Membership(tenant_id=new_tenant.id, user=owner, role=Role.OWNER))
         db.session.flush()
     return new_tenant
+
+
+def country_codes() -> list[tuple[str, str]]:
+    """(ISO code, "BR (+55)") for every region phonenumbers knows, for the default-country choice."""
+    return sorted(
+        (region, f"{region} (+{phonenumbers.country_code_for_region(region)})")
+        for region in phonenumbers.SUPPORTED_REGIONS
+    )
+
+
+def update_workspace(workspace: Tenant, name: str, timezone: str, default_country: str | None) -> None:
+    """Rename the workspace and set its time zone and the country of national phone numbers."""
+    if not name.strip():
+        raise AccountError("Give the workspace a name.")
+    if default_country and default_country not in phonenumbers.SUPPORTED_REGIONS:
+        raise AccountError(f"Unknown country code: {default_country!r}.")
+    workspace.name = name.strip()[:120]
+    workspace.timezone = check_timezone(timezone)
+    workspace.default_country = default_country or None
 
 
 def sign_up(email: str, password: str, workspace_name: str, timezone: str = "UTC") -> tuple[User, Tenant]:

@@ -99,3 +99,19 @@ def test_a_suspended_workspace_shows_why(app, auth, client):
     response = client.get("/dashboard", follow_redirects=True)
     assert response.status_code == 403
     assert "is suspended" in response.get_data(as_text=True)
+
+
+def test_workspace_settings_set_the_phone_country_and_time_zone(app, auth, client):
+    auth.signup()
+    page = client.get("/workspace/settings").get_data(as_text=True)
+    assert "BR (+55)" in page
+    response = auth.post(
+        "/workspace/settings",
+        {"name": "Acme Brasil", "timezone": "America/Sao_Paulo", "default_country": "BR"},
+    )
+    assert response.status_code == 302
+    with app.app_context(), all_tenants(db.session):
+        acme = db.session.scalar(select(Tenant))
+        assert (acme.name, acme.timezone, acme.default_country) == ("Acme Brasil", "America/Sao_Paulo", "BR")
+    bad = auth.post("/workspace/settings", {"name": "Acme", "timezone": "UTC", "default_country": "XX"})
+    assert bad.status_code == 400

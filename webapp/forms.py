@@ -7,7 +7,7 @@ from wtforms import EmailField, PasswordField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length
 
-from tenants.accounts import MIN_PASSWORD_LENGTH, timezones
+from tenants.accounts import MIN_PASSWORD_LENGTH, country_codes, timezones
 from tenants.models import Role
 
 ROLE_CHOICES = [SelectChoice(role.value, role.value.capitalize()) for role in Role]
@@ -43,6 +43,18 @@ class LoginForm(FlaskForm):
 class WorkspaceForm(FlaskForm):
     name = StringField("Workspace name", validators=[DataRequired(), Length(max=120)])
     timezone = _timezone_field()
+
+
+class WorkspaceSettingsForm(WorkspaceForm):
+    default_country = SelectField(
+        "Country of national phone numbers",
+        choices=lambda: [
+            SelectChoice("", "None: numbers must be international"),
+            *(SelectChoice(code, label) for code, label in country_codes()),
+        ],
+        default="",
+        description="Imports and forms read numbers without a country code as this country's.",
+    )
 
 
 class AddMemberForm(FlaskForm):

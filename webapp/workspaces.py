@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, g, redirect, render_template, url_for
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
@@ -12,11 +12,12 @@ from tenants.accounts import (
     change_role,
     create_workspace,
     remove_member,
+    update_workspace,
     workspace_for,
 )
 from tenants.db import db
-from tenants.models import Membership, Role, User
-from webapp.forms import AddMemberForm, EmptyForm, RoleForm, WorkspaceForm
+from tenants.models import Membership, Role, Tenant, User
+from webapp.forms import AddMemberForm, EmptyForm, RoleForm, WorkspaceForm, WorkspaceSettingsForm
 from webapp.rendering import render_page
 from webapp.tenancy import choose_workspace, member_required
 
@@ -48,6 +49,24 @@ def new():
             flash(f"Workspace {tenant.name} created.", "success")
             return redirect(url_for("dashboard.index"))
     return render_template("workspaces/new.html", form=form), 400 if form.errors or form.form_errors else 200
+
+
+@bp.route("/workspace/settings", methods=["GET", "POST"])
+@member_required(manage=True)
+def settings():
+    workspace = db.session.get(Tenant, g.workspace.tenant.id)
+    form = WorkspaceSettingsForm(obj=workspace) if request.method == "GET" else WorkspaceSettingsForm()
+    if form.validate_on_submit():
+        try:
+            update_workspace(workspace, form.name.data, form.timezone.data, form.default_country.data or None)
+        except AccountError as exc:
+            form.form_errors.append(str(exc))
+        else:
+            db.session.commit()
+            flash("Workspace settings saved.", "success")
+            return redirect(url_for("workspaces.settings"))
+    status = 400 if form.errors or form.form_errors else 200
+    return render_template("workspaces/settings.html", form=form), status
 
 
 @bp.get("/workspaces/suspended")
