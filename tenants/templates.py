@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import String, Text, UniqueConstraint
+from sqlalchemy import String, Text, UniqueConstraint, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tenants.db import JSONDocument, TimestampMixin, db, str_enum
 from tenants.pages import ProviderKind
 from tenants.scoping import TenantScoped
+from tenants.templating import check_template
 
 
 class Template(TenantScoped, TimestampMixin, db.Model):
@@ -34,3 +35,35 @@ class Template(TenantScoped, TimestampMixin, db.Model):
         parts = {"subject": self.subject, "body": self.body, "html_body": self.html_body}
         parts.update({f"parameter {n + 1}": p for n, p in enumerate(self.whatsapp_parameters or [])})
         return {name: text for name, text in parts.items() if text}
+
+
+class TemplateError(ValueError):
+    """A template that cannot be saved; ``problems`` are shown next to the editor."""
+
+    def __init__(self, message: str, problems: list | None = None):
+        super().__init__(message)
+        self.problems = problems or []
+
+
+def apply_template_form(template: Template, fields: dict[str, str]) -> Template:
+    """Validate and apply the editor's fields; refuses templates that do not compile."""
+    name = (fields.get("name") or "").strip()
+    if not name:
+        raise TemplateError("Give the template a name.")
+    duplicate = db.session.scalar(select(Template.id).where(Template.name == name))
+    if duplicate is not None and duplicate != template.id:
+        raise TemplateError(f"There is already a template called {name}.")
+    template.name = name[:120]
+    template.subject = (fields.get("subject") or "").strip()[:300] or None
+    template.body = fields.get("body") or ""
+    template.html_body = fields.get("html_body") or None
+    template.media_url = (fields.get("media_url") or "").strip()[:1000] or None
+    template.whatsapp_template = (fields.get("whatsapp_template") or "").strip()[:200] or None
+    template.whatsapp_language = (fields.get("whatsapp_language") or "").strip()[:20] or None
+    template.whatsapp_parameters = [
+        line.strip() for line in (fields.get("whatsapp_parameters") or "").splitlines() if line.strip()
+    ]
+    problems = check_template(template)
+    if problems:
+        raise TemplateError("Fix the problems below before saving.", problems)
+    return template

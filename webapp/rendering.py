@@ -9,9 +9,13 @@ from htmx_flask import request
 from jinja2_fragments.flask import render_block
 
 
-def render_page(template: str, block: str, status: int = 200, **context: Any) -> Response:
-    """Render ``block`` of ``template`` for an HTMX request, else the whole page."""
-    body = render_block(template, block, **context) if request.htmx else render_template(template, **context)
+def render_page(template_name: str, block: str, status: int = 200, **context: Any) -> Response:
+    """Render ``block`` of ``template_name`` for an HTMX request, else the whole page."""
+    body = (
+        render_block(template_name, block, **context)
+        if request.htmx
+        else render_template(template_name, **context)
+    )
     response = make_response(body, status)
     response.vary.add("HX-Request")
     return response
