@@ -9,9 +9,10 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Select, delete, exists, func, select, text
 
-from tenants.contacts import Contact, ContactList, ContactListMember
+from tenants.contacts import Contact, ContactList, ContactListMember, Segment
 from tenants.db import db, utcnow
 from tenants.phones import InvalidPhone, to_e164
+from tenants.segments import segment_filter
 from tenants.spreadsheet import neutralise_row
 
 PAGE_SIZE = 50
@@ -44,6 +45,8 @@ class ContactFilter:
     opted_out: bool | None = None
     field: str = ""
     value: str = ""
+    segment: Segment | None = None
+    timezone: str = "UTC"
 
     def apply(self, query: Select) -> Select:
         if self.search:
@@ -62,6 +65,8 @@ class ContactFilter:
             query = query.where(Contact.opted_out.is_(self.opted_out))
         if self.field:
             query = query.where(Contact.custom_fields[self.field].as_string() == self.value)
+        if self.segment is not None:
+            query = query.where(segment_filter(self.segment.conditions, self.segment.match, self.timezone))
         return query
 
 

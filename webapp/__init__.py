@@ -27,6 +27,7 @@ from webapp import (
     message_templates,
     pages,
     realtime,
+    segments,
     tenancy,
     webhooks,
     workspaces,
@@ -67,7 +68,18 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     realtime.init_app(app)
     csrf.exempt(webhooks.bp)
-    blueprints = (auth, dashboard, workspaces, pages, contacts, message_templates, webhooks, health, assets)
+    blueprints = (
+        auth,
+        dashboard,
+        workspaces,
+        pages,
+        contacts,
+        segments,
+        message_templates,
+        webhooks,
+        health,
+        assets,
+    )
     for blueprint in (module.bp for module in blueprints):
         app.register_blueprint(blueprint)
     app.cli.add_command(crier_cli)

@@ -37,7 +37,7 @@ from tenants.contact_book import (
     remove_from_list,
     save_contact,
 )
-from tenants.contacts import Contact, ContactList
+from tenants.contacts import Contact, ContactList, Segment
 from tenants.db import db
 from tenants.scoping import tenant
 from webapp.rendering import render_page
@@ -57,7 +57,10 @@ def _int_arg(name: str) -> int | None:
 
 def _filters() -> ContactFilter:
     opted = request.args.get("opted_out", "")
+    segment_id = _int_arg("segment")
     return ContactFilter(
+        segment=db.get_or_404(Segment, segment_id) if segment_id is not None else None,
+        timezone=g.workspace.tenant.timezone,
         search=request.args.get("q", "").strip()[:200],
         list_id=_int_arg("list"),
         opted_out={"yes": True, "no": False}.get(opted),
