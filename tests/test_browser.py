@@ -111,3 +111,25 @@ def test_connect_a_sandbox_page_verify_it_and_send_a_test_message(live_server, s
     page.get_by_role("button", name="Send one message").click()
     expect(page.locator("#test-send-result")).to_contain_text("Not sent (permanent), code 131026")
     page.screenshot(path=str(ARTIFACTS / "page.png"), full_page=True)
+
+
+def test_template_preview_updates_as_the_user_types(live_server, page):
+    page.goto(f"{live_server}/signup")
+    page.get_by_label("Workspace name").fill("Preview Co")
+    page.get_by_label("Email").fill("writer@acme.example")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Create workspace").click()
+
+    page.get_by_role("link", name="Templates").click()
+    page.get_by_role("button", name="WhatsApp", exact=True).click()
+    page.get_by_label("Name", exact=True).fill("Welcome")
+    body = page.get_by_label("Message", exact=True)
+    body.fill('Hi {{ firstName }}, welcome to {{ company|default("us") }}!')
+    expect(page.get_by_test_id("rendered")).to_have_text("Hi Ana, welcome to Acme!")
+    body.fill("Hi {{ firstName }")
+    expect(page.get_by_test_id("preview-problems")).to_contain_text("line 1, column")
+    body.fill("Hi {{ nickname }}")
+    expect(page.get_by_test_id("missing")).to_contain_text("This contact has no nickname.")
+    body.fill("Hi {{ firstName|default('there') }}")
+    page.get_by_role("button", name="Save template").click()
+    expect(page.get_by_text("Template Welcome saved.")).to_be_visible()
