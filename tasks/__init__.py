@@ -9,6 +9,7 @@ from tasks.broker import Workers
 
 def init_app(app: Flask) -> None:
     """Give ``app`` its (lazily built) Dramatiq broker and import the actors."""
+    import tasks.imports
     import tasks.receipts
     import tasks.system  # noqa: F401
 

@@ -48,6 +48,10 @@ def to_e164(raw: str, default_country: str | None = None) -> str:
     text = (raw or "").strip()
     if not text:
         raise InvalidPhone("no phone number")
+    if text[0] == "+" and text.isascii() and text[1:].isdigit():  # already E.164-shaped: the common case
+        fast = _FAST.e164(text[1:])
+        if fast is not None:
+            return fast
     shown = text if len(text) <= 40 else text[:40] + "…"
     if len(text) > MAX_PHONE_INPUT:
         raise InvalidPhone(f"phone '{shown}' is not a phone number (too long)")
@@ -136,17 +140,34 @@ class _Desc:
         return (not self.lengths or len(nsn) in self.lengths) and self.pattern.fullmatch(nsn) is not None
 
 
-@dataclass(frozen=True, slots=True)
 class _Region:
-    general: _Desc | None
-    kinds: tuple[_Desc, ...]
-    leading_digits: re.Pattern[str] | None
+    """One region's patterns: ``valid`` is ``phonenumbers._number_type_helper(nsn) != UNKNOWN``.
+
+    The number types (mobile, fixed line, toll free, ...) whose possible lengths admit a length are
+    joined into one alternation per length, so a number costs two regular-expression matches.
+    """
+
+    __slots__ = ("_by_length", "general", "kinds", "leading_digits")
+
+    def __init__(
+        self, general: _Desc | None, kinds: tuple[_Desc, ...], leading_digits: re.Pattern[str] | None
+    ):
+        self.general = general
+        self.kinds = kinds
+        self.leading_digits = leading_digits
+        self._by_length: dict[int, re.Pattern[str] | None] = {}
 
     def valid(self, nsn: str) -> bool:
-        """``phonenumbers._number_type_helper(nsn) != UNKNOWN``, with precompiled patterns."""
         if self.general is None or not self.general.matches(nsn):
             return False
-        return any(kind.matches(nsn) for kind in self.kinds)
+        size = len(nsn)
+        if size not in self._by_length:
+            patterns = [
+                kind.pattern.pattern for kind in self.kinds if not kind.lengths or size in kind.lengths
+            ]
+            self._by_length[size] = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+        combined = self._by_length[size]
+        return combined is not None and combined.fullmatch(nsn) is not None
 
 
 _KIND_ATTRIBUTES = (

@@ -16,6 +16,29 @@
     status.replaceChildren(p);
   }
 
+  function importSection(data) {
+    return document.querySelector('[data-import="' + data.import_id + '"]');
+  }
+
+  function showImportProgress(data) {
+    const section = importSection(data);
+    if (!section) return;
+    const number = (value) => (value === null || value === undefined ? "…" : value.toLocaleString());
+    for (const key of ["processed", "total", "created", "updated", "merged", "rejected"]) {
+      const cell = section.querySelector('[data-count="' + key + '"]');
+      if (cell) cell.textContent = number(data[key]);
+    }
+    const bar = section.querySelector('[data-count="bar"]');
+    if (bar && data.total) { bar.max = data.total; bar.value = data.processed; }
+    const status = section.querySelector('[data-count="status"]');
+    if (status) status.textContent = "running";
+  }
+
+  function refreshImport(data) {
+    const section = importSection(data);
+    if (section && window.htmx) window.htmx.ajax("GET", window.location.pathname, { target: section, swap: "outerHTML" });
+  }
+
   function connect() {
     if (typeof io === "undefined" || !document.getElementById("live-status")) return;
     const socket = io({ transports: ["websocket", "polling"] });
@@ -24,6 +47,9 @@
     socket.on("disconnect", () => setLive("offline", "reconnecting"));
     socket.on("connect_error", (err) => setLive("offline", err.message));
     socket.on("worker:pong", showPong);
+    socket.on("import:progress", showImportProgress);
+    socket.on("import:completed", refreshImport);
+    socket.on("import:failed", refreshImport);
     document.dispatchEvent(new CustomEvent("crier:socket", { detail: socket }));
   }
 
