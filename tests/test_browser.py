@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
@@ -133,3 +134,33 @@ def test_template_preview_updates_as_the_user_types(live_server, page):
     body.fill("Hi {{ firstName|default('there') }}")
     page.get_by_role("button", name="Save template").click()
     expect(page.get_by_text("Template Welcome saved.")).to_be_visible()
+
+
+def test_import_the_messy_csv_and_watch_it_finish(live_server, worker_process, page):
+    messy = Path(__file__).resolve().parents[2] / "shared" / "data" / "contacts-messy.csv"
+    page.goto(f"{live_server}/signup")
+    page.get_by_label("Workspace name").fill("Import Co")
+    page.get_by_label("Email").fill("importer@acme.example")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Create workspace").click()
+
+    page.get_by_role("link", name="Contacts").click()
+    page.get_by_role("link", name="Import a CSV").click()
+    page.get_by_label("CSV file").set_input_files(str(messy))
+    page.get_by_role("button", name="Upload and map columns").click()
+    expect(page.get_by_text("Which column is what?")).to_be_visible()
+    expect(page.get_by_label("Import E-mail as")).to_have_value("email")
+    expect(page.get_by_label("Import city as")).to_have_value("custom")
+    page.get_by_label("Target list").select_option("new")
+    page.get_by_role("button", name="Import").click()
+
+    expect(page.get_by_test_id("import-status")).to_have_text("completed", timeout=30_000)
+    expect(page.get_by_test_id("created")).to_have_text("164")
+    expect(page.get_by_test_id("merged")).to_have_text("10")
+    expect(page.get_by_test_id("rejected")).to_have_text("6")
+    with page.expect_download() as download:
+        page.get_by_test_id("rejections").click()
+    rejected = Path(download.value.path()).read_text(encoding="utf-8-sig").splitlines()
+    assert rejected[0] == "line,reason,row" and len(rejected) >= 7
+    page.get_by_role("link", name="See the imported contacts").click()
+    expect(page.get_by_test_id("contact-count")).to_have_text("164 contacts")
