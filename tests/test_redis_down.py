@@ -2,42 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
-import redis
 
 from tests.conftest import Auth, built_app, free_port
-from webapp.devserver import redis_server_binary
+from webapp.devserver import start_embedded_redis
 
 
 @pytest.fixture
-def disposable_redis():
-    """A Redis of our own, so the test can stop it; yields (url, stop)."""
+def disposable_redis(tmp_path):
+    """A Redis of our own (the one `make run` embeds), so the test can stop it; yields (url, stop)."""
     port = free_port()
-    process = subprocess.Popen(
-        [
-            redis_server_binary(),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    process = start_embedded_redis(port, tmp_path)
     url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            subprocess.run(["sleep", "0.05"], check=True)
-    client.close()
 
     def stop() -> None:
         process.terminate()
