@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -84,6 +85,10 @@ def serve_web(app, host: str, port: int) -> None:
     socketio.run(app, host=host, port=port, allow_unsafe_werkzeug=True, use_reloader=False, log_output=False)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def start_sandbox(app) -> subprocess.Popen:
     """The sandbox provider the demo pages send to, on the configured URL and SMTP port."""
     sandbox = urlsplit(app.config["SANDBOX_URL"])
@@ -115,18 +120,25 @@ def prepare_demo(app, web_url: str) -> None:
             click.secho(f"Demo workspace: sign in as {DEMO_EMAIL} with password {password}", fg="yellow")
         tenant_id = workspace.id
 
+    def answers(url: str) -> bool:
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def subscribe_when_ready() -> None:
+        sandbox = app.config["SANDBOX_URL"].rstrip("/")
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{web_url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.25)
+        while not (answers(f"{web_url}/healthz") and answers(f"{sandbox}/_sandbox/health")):
+            if time.monotonic() > deadline:
+                click.secho("Demo receipts not connected: the web server or sandbox did not start.", fg="red")
+                return
+            time.sleep(0.25)
         with app.app_context(), tenant(db.session, tenant_id):
             for page in db.session.scalars(select(Page)):
                 callback = f"{web_url}/webhooks/{page.kind.value}/{page.id}"
-                channel_checks.subscribe_sandbox_receipts(app.config["SANDBOX_URL"], page, callback)
+                outcome = channel_checks.subscribe_sandbox_receipts(sandbox, page, callback)
+                click.echo(f"Demo page {page.name}: {outcome}")
 
     threading.Thread(target=subscribe_when_ready, name="demo-receipts", daemon=True).start()
 
@@ -135,6 +147,8 @@ def run_everything(host: str, port: int, worker_processes: int) -> None:
     """Embedded Redis (without REDIS_URL), migrations, a worker, the sandbox and the demo, then the web."""
     app = current_app._get_current_object()
     children: list[subprocess.Popen] = []
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):  # also when started where SIGINT is ignored
+        signal.signal(stop_signal, _interrupt)
     try:
         if app.config["EMBEDDED_REDIS"]:
             embedded = start_embedded_redis(app.config["EMBEDDED_REDIS_PORT"], Path(app.instance_path))
@@ -152,10 +166,9 @@ def run_everything(host: str, port: int, worker_processes: int) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        for child in reversed(children):
+        for child in reversed(children):  # the sandbox and the worker first, Redis last
             if child.poll() is None:
                 child.terminate()
-        for child in children:
             try:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
