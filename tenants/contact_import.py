@@ -30,10 +30,29 @@ Rules, in one place:
   being line 1, the reason, the raw text) and downloadable with :func:`rejections_csv`.
 * Rows whose every cell is empty (blank lines) are skipped and not counted.
 
+How a batch (:data:`BATCH_ROWS` rows, one transaction) is written:
+
+1. one lookup of the batch's phones and emails among the tenant's contacts (on PostgreSQL one
+   unique-index probe per value, see ``_PG_EXISTING``);
+2. in memory, row by row, each row is decided: new contact, merged into one this import already
+   wrote, update or skip of an existing one, or rejected (email collision);
+3. new contacts: one ``INSERT … ON CONFLICT (tenant_id, phone|email) DO UPDATE … RETURNING id,
+   (xmax = 0)`` over the whole batch — the conflict arm only matters when another writer created
+   the same contact since the lookup, and ``xmax = 0`` tells which rows were really inserted;
+   existing contacts: one set-based ``UPDATE … FROM`` (rows it would not change are not written);
+   rejections: one multi-row insert; then the import row's counters, and commit;
+4. the batch's contacts join the target list (``INSERT … ON CONFLICT DO NOTHING``), on
+   PostgreSQL on a second connection in parallel, one batch behind.
+
+Meanwhile a reader thread parses and validates the next batches (at most two ahead), so memory
+stays flat whatever the size of the file. A batch that meets a unique violation, deadlock or
+busy database is rolled back and redone (the lookup then sees the other writer's rows).
+
 Each contact this import creates gets ``created_at`` = the import's ``started_at``, and each one it
-updates ``updated_at`` = ``started_at``: that marker is how a later batch knows a contact was
+writes ``updated_at`` = ``started_at``: that marker is how a later batch knows a contact was
 already written by this same import (so its rows count as *merged*) without keeping a set of
-every contact in memory.
+every contact in memory. (An existing contact the file leaves unchanged is not written, so a
+second row for it in a later batch counts as *updated* again rather than *merged*.)
 """
 
 from __future__ import annotations
@@ -42,6 +61,7 @@ import codecs
 import csv
 import io
 import json
+import logging
 import os
 import queue
 import re
@@ -50,8 +70,8 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any, TextIO
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
@@ -76,6 +96,8 @@ from tenants.phones import InvalidPhone, to_e164
 from tenants.scoping import CrossTenantWrite, all_tenants, tenant
 from tenants.spreadsheet import neutralise_row
 
+log = logging.getLogger(__name__)
+
 MAX_IMPORT_BYTES = 50 * 1024 * 1024  # overridden by the app's MAX_IMPORT_BYTES setting
 BATCH_ROWS = 2000
 SAMPLE_ROWS = 5
@@ -83,6 +105,7 @@ STALE_RUN_SECONDS = 300  # a running import whose row has not moved for this lon
 TEXT_LIMIT = 200  # first_name, last_name, company columns
 EMAIL_LIMIT = 254
 RAW_LIMIT = 65536
+MAX_RECORD_LINES = 20  # a quoted value over more lines is taken for a quote that was never closed
 CUSTOM_NAME_LIMIT = 100
 INVALID_EMAIL_FIELD = "invalid_email"
 STANDARD_TARGETS = ("phone", "email", "first_name", "last_name", "company")
@@ -245,12 +268,14 @@ def _sniff_encoding(path: str | os.PathLike, head: bytes) -> str:
                 raise ImportFileError(f"The file is in UTF-32, which Crier does not read. {NOT_CSV}")
             _check_decodes(path, name)
             return name
-    if b"\x00" in head:
+    zeros = head.count(0)
+    if zeros:
         name = _utf16_without_bom(head)
-        if name is None:
+        if name is not None:
+            _check_decodes(path, name)
+            return name
+        if zeros > max(2, len(head) // 1000):  # a stray NUL or two in text is dropped from its row
             raise ImportFileError(f"This file is not text (it looks like binary data). {NOT_CSV}")
-        _check_decodes(path, name)
-        return name
     if _decodes(path, "utf-8") is None:
         return "utf-8"
     with open(path, "rb") as handle:
@@ -308,7 +333,8 @@ def _sniff_delimiter(sample: str) -> str:
     best, best_score = ",", (0.0, 1)
     for candidate in DELIMITERS:
         try:
-            records = [r for r in _take(csv.reader(io.StringIO(sample), delimiter=candidate), 50) if r]
+            rows = csv.reader(io.StringIO(sample), delimiter=candidate)
+            records = [r for r in _take(rows, 50) if r]
         except csv.Error:
             continue
         if not records or len(records[0]) < 2:
@@ -336,7 +362,9 @@ def _first_records(path, encoding: str, delimiter: str, count: int) -> tuple[lis
         first = next(records, None)
         if first is None:
             raise ImportFileError("The file is empty.")
-        header = unique_header(first.cells or [])
+        if first.cells is None:
+            raise ImportFileError(f"The first row, the column names, cannot be read: {first.error}")
+        header = unique_header(first.cells)
         if looks_like_data(header):
             raise ImportFileError(
                 "The first row looks like a contact, not like column names. Add a first row naming "
@@ -361,7 +389,8 @@ def unique_header(cells: list[str]) -> list[str]:
     names: list[str] = []
     seen: Counter[str] = Counter()
     for index, cell in enumerate(cells, start=1):
-        name = " ".join(cell.replace("\ufeff", "").split())[:CUSTOM_NAME_LIMIT] or f"column {index}"
+        cell = cell.replace("\ufeff", "").replace("\x00", "")
+        name = " ".join(cell.split())[:CUSTOM_NAME_LIMIT] or f"column {index}"
         seen[name.lower()] += 1
         if seen[name.lower()] > 1:
             name = f"{name} ({seen[name.lower()]})"
@@ -478,7 +507,7 @@ class _Records:
     def __init__(self, stream: TextIO, delimiter: str):
         self.line = 0
         self._pending: list[str] = []
-        self._reader = csv.reader(self._lines(stream), delimiter=delimiter)
+        self._reader = csv.reader(self._lines(stream), delimiter=delimiter, strict=True)
 
     def _lines(self, stream: TextIO) -> Iterator[str]:
         for text_line in stream:
@@ -494,15 +523,29 @@ class _Records:
             try:
                 cells, error = next(self._reader), None
             except csv.Error as exc:
-                cells, error = None, f"the row could not be read as CSV ({exc})"
+                cells, error = None, _csv_problem(exc)
             if not self._pending:
                 raise StopIteration
             raw = self._pending[0] if len(self._pending) == 1 else "".join(self._pending)
             start = self.line - len(self._pending) + 1
+            if len(self._pending) > MAX_RECORD_LINES and error is None:
+                spread = f"the row runs over {len(self._pending)} lines, to line {self.line}"
+                cells, error = None, f"{spread}: is a closing quote missing?"
             self._pending.clear()
             if error is None and not "".join(cells).strip():
                 continue  # a blank line or a row of empty cells
             return _Record(start, raw.rstrip("\r\n"), cells, error)
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    text = str(exc)
+    if "unexpected end of data" in text:
+        return "a quote opens here and is never closed, so the rest of the file is one value"
+    if "expected after" in text:
+        return "a quoted value is followed by more text before the separator"
+    if "field larger than field limit" in text:
+        return f"a value is longer than {csv.field_size_limit():,} characters: is a closing quote missing?"
+    return f"the row could not be read as CSV ({text})"
 
 
 @dataclass(slots=True)
@@ -528,7 +571,8 @@ _FAST_EMAIL = re.compile(
     r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@((?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63})"
 )
-_SPECIAL_DOMAINS = tuple(SPECIAL_USE_DOMAIN_NAMES)
+_SPECIAL_DOMAINS = frozenset(SPECIAL_USE_DOMAIN_NAMES)
+_SPECIAL_SUFFIXES = tuple("." + name for name in SPECIAL_USE_DOMAIN_NAMES)
 
 
 def normalize_email(raw: str) -> str:
@@ -542,7 +586,7 @@ def normalize_email(raw: str) -> str:
     fast = _FAST_EMAIL.fullmatch(lowered)
     if fast and len(lowered) <= EMAIL_LIMIT and lowered.index("@") <= 64:
         domain = fast.group(1)
-        if "--" not in domain and not any(domain == d or domain.endswith("." + d) for d in _SPECIAL_DOMAINS):
+        if "--" not in domain and domain not in _SPECIAL_DOMAINS and not domain.endswith(_SPECIAL_SUFFIXES):
             return lowered
     try:
         normalized = validate_email(text_value, check_deliverability=False).normalized.lower()
@@ -578,6 +622,8 @@ class _RowReader:
 
     def read(self, record: _Record) -> _Row | _Rejection:
         raw = record.raw if len(record.raw) <= RAW_LIMIT else record.raw[:RAW_LIMIT] + "…"
+        if "\x00" in raw:
+            raw = raw.replace("\x00", "")  # text columns cannot hold NUL characters
         if record.cells is None:
             return _Rejection(record.line, raw, record.error or "the row could not be read")
         cells = record.cells
@@ -635,22 +681,28 @@ class _RowReader:
 # --- one batch: who each row is ----------------------------------------------------------------
 
 
-@dataclass(slots=True, eq=False)
 class _Target:
     """A contact a batch writes or names: new (no id yet) or existing (from the database)."""
 
-    phone: str | None
-    email: str | None
-    contact_id: int | None = None
-    ours: bool = False  # created or updated earlier by this same import
-    seen: bool = False  # an earlier row of this batch already named it
-    write: bool = False
-    values: dict[str, str] = field(default_factory=dict)
-    custom: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("contact_id", "custom", "email", "ours", "phone", "seen", "values", "write")
+
+    def __init__(
+        self, phone: str | None, email: str | None, contact_id: int | None = None, ours: bool = False
+    ):
+        self.phone = phone
+        self.email = email
+        self.contact_id = contact_id
+        self.ours = ours  # created or updated earlier by this same import
+        self.seen = False  # an earlier row of this batch already named it
+        self.write = contact_id is None  # new contacts are written; existing ones when a row changes them
+        self.values: dict[str, str] = {}
+        self.custom: dict[str, str] = {}
 
     def absorb(self, row: _Row) -> None:
-        self.values.update(row.values)
-        self.custom.update(row.custom)
+        if row.values:
+            self.values.update(row.values)
+        if row.custom:
+            self.custom.update(row.custom)
         if row.phone and self.phone is None:
             self.phone = row.phone
         if row.email:
@@ -674,6 +726,7 @@ class _Outcome:
     merged: int = 0
     skipped: int = 0
     rejections: list[_Rejection] = field(default_factory=list)
+    listed: list[int] = field(default_factory=list)  # contacts for the target list
 
 
 class _Batch:
@@ -711,7 +764,7 @@ class _Batch:
         target = by_phone or by_email
         outcome = self.outcome
         if target is None:
-            target = _Target(row.phone, row.email, write=True)
+            target = _Target(row.phone, row.email)
             self.new.append(target)
             outcome.created += 1
         elif target.contact_id is None or target.ours:
@@ -732,14 +785,16 @@ class _Batch:
             target.write = True
             self.changed.append(target)
         target.seen = True
-        replaced_email = target.email if target.contact_id is None and row.email != target.email else None
+        replaced = (
+            target.email if row.email and row.email != target.email and target.contact_id is None else None
+        )
         target.absorb(row)
         if target.phone:
             self.by_phone[target.phone] = target
         if target.email:
             self.by_email[target.email] = target
-        if replaced_email and self.by_email.get(replaced_email) is target:
-            del self.by_email[replaced_email]  # never written: free for a later row
+        if replaced and self.by_email.get(replaced) is target:
+            del self.by_email[replaced]  # never written: free for a later row
 
 
 # --- writing a batch -----------------------------------------------------------------------------
@@ -814,6 +869,8 @@ class _Plan:
 class _PortableWriter:
     """Batch writes with SQLAlchemy Core, for SQLite (and any database with INSERT … ON CONFLICT)."""
 
+    members_inline = True  # list members are written in the batch's own transaction
+
     def __init__(self, plan: _Plan):
         self.plan = plan
         self.table = Contact.__table__
@@ -828,8 +885,8 @@ class _PortableWriter:
             return column.op("||")(cast(incoming, JSONB))
         return func.json_patch(column, incoming)
 
-    def begin(self) -> None:
-        """Called first in each batch's transaction."""
+    def after_commit(self, created: int) -> None:
+        """Called after each batch's commit with the contacts created so far."""
 
     def existing(self, phones: list[str], emails: list[str]) -> list[Any]:
         c = self.table.c
@@ -873,7 +930,7 @@ class _PortableWriter:
             for t in sorted(targets, key=lambda t: getattr(t, key))
         ]
         result = db.session.execute(statement, rows)
-        return {row[1]: (row[0], None) for row in result}
+        return {row[1]: (row[0], None) for row in result.all()}
 
     def update_changed(self, targets: list[_Target]) -> None:
         """Write what this batch's rows bring to existing contacts (empty values never erase)."""
@@ -933,13 +990,70 @@ class _PortableWriter:
 _PG_COLUMNS = "phone text, email text, first_name text, last_name text, company text, custom_fields jsonb"
 _PG_LOOKUP = (
     "SELECT c.id, c.phone, c.email, (c.created_at = :marker OR c.updated_at = :marker) AS ours "
-    "FROM jsonb_array_elements_text(CAST(:{key}s AS jsonb)) AS k(value) CROSS JOIN LATERAL ("
-    " SELECT id, phone, email, created_at, updated_at FROM contacts"
-    " WHERE tenant_id = :tenant_id AND {key} = k.value LIMIT 1) AS c"
+    "FROM (SELECT CAST(:tenant_id AS integer) AS id OFFSET 0) AS t "
+    "CROSS JOIN jsonb_array_elements_text(CAST(:{key}s AS jsonb)) AS k(value) "
+    "CROSS JOIN LATERAL (SELECT id, phone, email, created_at, updated_at FROM contacts "
+    "WHERE tenant_id = t.id AND {key} = k.value LIMIT 1) AS c"
 )
-# LIMIT 1 keeps each lateral subquery from being flattened into a join: one unique-index probe per
-# value, whatever the statistics say (a bulk import outruns them) and however large the tenant.
-_PG_EXISTING = text(_PG_LOOKUP.format(key="phone") + " UNION ALL " + _PG_LOOKUP.format(key="email"))
+# One probe of the unique (tenant_id, phone|email) index per value, whatever the statistics say.
+# LIMIT 1 keeps each lateral subquery from being flattened into a join (a hash join over all the
+# tenant's contacts), and the OFFSET 0 fence hides the tenant id from the planner: for a tenant
+# the statistics think rare (a new one, or an import outrunning them) it would otherwise find the
+# (tenant_id, id) index as cheap as the unique one and filter every probe through all of the
+# tenant's contacts, which makes an import quadratic.
+_PG_EXISTING = text(_PG_LOOKUP.format(key="phone") + " UNION " + _PG_LOOKUP.format(key="email"))
+
+
+_PG_CHANGES = " OR ".join(
+    [f"v.{c} IS NOT NULL AND v.{c} IS DISTINCT FROM contacts.{c}" for c in STANDARD_TARGETS]
+    + ["NOT contacts.custom_fields @> coalesce(v.custom_fields, '{}'::jsonb)"]
+)
+_PG_ADD_MEMBERS = text(
+    "INSERT INTO contact_list_members (tenant_id, list_id, contact_id, added_at) "
+    "SELECT :tenant_id, :list_id, CAST(i.value AS integer), :now "
+    "FROM jsonb_array_elements_text(CAST(:ids AS jsonb)) AS i(value) ON CONFLICT DO NOTHING"
+)
+
+
+class _ListMembers:
+    """Adds each batch's contacts to the target list on a second PostgreSQL connection.
+
+    A list member's foreign keys are checked row by row, which costs about as much as writing
+    the contact; doing it in parallel, one committed batch behind, keeps it off the import's
+    critical path. :meth:`close` waits for the last batch and raises what went wrong, if anything.
+    """
+
+    def __init__(self, engine, tenant_id: int, list_id: int):
+        self._engine = engine
+        self._parameters = {"tenant_id": tenant_id, "list_id": list_id}
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="contact-import-list", daemon=True)
+        self._thread.start()
+
+    def add(self, contact_ids: list[int]) -> None:
+        if self._error is not None:
+            raise self._error
+        if contact_ids:
+            self._queue.put(json.dumps(sorted(set(contact_ids))))
+
+    def close(self, raise_error: bool = True) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and raise_error:
+            raise self._error
+
+    def _run(self) -> None:
+        with self._engine.connect() as connection:
+            while (ids := self._queue.get()) is not None:
+                if self._error is not None:
+                    continue  # drain, so that add() never blocks
+                try:
+                    connection.execute(_PG_ADD_MEMBERS, {**self._parameters, "now": utcnow(), "ids": ids})
+                    connection.commit()
+                except BaseException as exc:
+                    connection.rollback()
+                    self._error = exc
 
 
 class _PostgresWriter(_PortableWriter):
@@ -950,6 +1064,20 @@ class _PostgresWriter(_PortableWriter):
     contact since this batch looked (``xmax = 0`` tells a real insert from such an update).
     Existing contacts: one ``UPDATE … FROM jsonb_to_recordset(…) WHERE contacts.id = v.id``.
     """
+
+    members_inline = False  # _ListMembers writes them on a second connection, in parallel
+    analyzed = False
+
+    def after_commit(self, created: int) -> None:
+        # A table whose statistics have never seen this many contacts (a new installation, the
+        # first big import) gets them now, once: the planner then knows each probe finds one row.
+        if self.analyzed or created == 0:
+            return
+        self.analyzed = True
+        estimate = db.session.execute(text("SELECT reltuples FROM pg_class WHERE oid = 'contacts'::regclass"))
+        if estimate.scalar() < created:
+            db.session.execute(text("ANALYZE contacts"))  # a warning, not an error, if we do not own it
+            db.session.commit()
 
     def existing(self, phones: list[str], emails: list[str]) -> list[Any]:
         parameters = {
@@ -990,7 +1118,7 @@ class _PostgresWriter(_PortableWriter):
                 "rows": json.dumps([t.as_values() for t in targets], ensure_ascii=False),
             },
         )
-        return {row[1]: (row[0], row[2]) for row in result}
+        return {row[1]: (row[0], row[2]) for row in result.all()}
 
     def update_changed(self, targets: list[_Target]) -> None:
         if not targets:
@@ -1004,11 +1132,12 @@ class _PostgresWriter(_PortableWriter):
             "custom_fields = contacts.custom_fields || coalesce(v.custom_fields, '{}'::jsonb), "
             "updated_at = :marker "
             f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(id integer, {_PG_COLUMNS}) "
-            "WHERE contacts.id = v.id RETURNING contacts.tenant_id"
+            f"WHERE contacts.id = v.id AND ({_PG_CHANGES}) RETURNING contacts.tenant_id"
         )
         # The ids come from this batch's tenant-scoped lookup. The tenant is checked on what comes
         # back rather than in the WHERE clause, which would let a planner with stale statistics
-        # trade one primary-key probe per row for a scan of all the tenant's contacts.
+        # trade one primary-key probe per row for a scan of all the tenant's contacts. Rows the
+        # file would not change are not written at all (no new row version, updated_at kept).
         rows = [{"id": t.contact_id, **t.as_values()} for t in sorted(targets, key=lambda t: t.contact_id)]
         parameters = {"marker": self.plan.marker, "rows": json.dumps(rows, ensure_ascii=False)}
         tenants = set(db.session.execute(statement, parameters).scalars())
@@ -1016,24 +1145,6 @@ class _PostgresWriter(_PortableWriter):
             raise CrossTenantWrite(
                 f"import of tenant {self.plan.tenant_id} reached another tenant's contacts"
             )
-
-    def add_to_list(self, contact_ids: list[int]) -> None:
-        if not contact_ids or self.plan.list_id is None:
-            return
-        statement = text(
-            "INSERT INTO contact_list_members (tenant_id, list_id, contact_id, added_at) "
-            "SELECT :tenant_id, :list_id, CAST(i.value AS integer), :now "
-            "FROM jsonb_array_elements_text(CAST(:ids AS jsonb)) AS i(value) ON CONFLICT DO NOTHING"
-        )
-        db.session.execute(
-            statement,
-            {
-                "tenant_id": self.plan.tenant_id,
-                "list_id": self.plan.list_id,
-                "now": utcnow(),
-                "ids": json.dumps(sorted(set(contact_ids))),
-            },
-        )
 
 
 def _writer_for(plan: _Plan, portable: bool = False) -> _PortableWriter:
@@ -1045,7 +1156,6 @@ def _writer_for(plan: _Plan, portable: bool = False) -> _PortableWriter:
 def _write_batch(writer: _PortableWriter, rows: list[_Row], rejections: list[_Rejection]) -> _Outcome:
     """Resolve and write one batch in the session's transaction; the caller commits."""
     plan = writer.plan
-    writer.begin()
     phones = sorted({r.phone for r in rows if r.phone})
     emails = sorted({r.email for r in rows if r.email})
     batch = _Batch(rows, writer.existing(phones, emails), plan.update_existing)
@@ -1076,7 +1186,10 @@ def _write_batch(writer: _PortableWriter, rows: list[_Row], rejections: list[_Re
             listed.extend(row.id for row in found_ids)
     writer.update_changed(batch.changed)
     listed.extend(t.contact_id for t in batch.changed)
-    writer.add_to_list(listed)
+    if writer.members_inline:
+        writer.add_to_list(listed)
+    else:
+        outcome.listed = listed
     writer.reject(outcome.rejections)
     return outcome
 
@@ -1153,6 +1266,11 @@ def preview_rows(contact_import: ContactImport, limit: int = SAMPLE_ROWS) -> lis
         return [_fit(record.cells or [], width) for record in _take(records, limit)]
 
 
+def _list_exists(list_id: int) -> bool:
+    # A query, not session.get: the identity map would answer for a list of another tenant.
+    return db.session.scalar(select(ContactList.id).where(ContactList.id == list_id)) is not None
+
+
 def configure_import(
     contact_import: ContactImport, *, mapping: dict[str, str], list_id: int | None, update_existing: bool
 ) -> None:
@@ -1164,7 +1282,7 @@ def configure_import(
     if contact_import.status not in (ImportStatus.UPLOADED, ImportStatus.QUEUED, ImportStatus.FAILED):
         raise MappingError(f"This import is {contact_import.status.value}; it cannot be changed now.")
     complete = validate_mapping(list(contact_import.header), mapping)
-    if list_id is not None and db.session.get(ContactList, list_id) is None:
+    if list_id is not None and not _list_exists(list_id):
         raise MappingError("That list does not exist (any more).")
     contact_import.mapping = complete
     contact_import.list_id = list_id
@@ -1181,7 +1299,7 @@ def claim_import(import_id: int, stale_after: float = STALE_RUN_SECONDS) -> int 
     """
     table = ContactImport.__table__
     now = utcnow()
-    stale = datetime.fromtimestamp(now.timestamp() - stale_after, now.tzinfo)
+    stale = now - timedelta(seconds=stale_after)
     claim = (
         update(table)
         .where(
@@ -1238,7 +1356,7 @@ class _Import:
             progress.total = self._count(encoding, delimiter)
             self.record.rows_total = progress.total
             db.session.commit()
-            self.on_progress(progress)
+            self.on_progress(replace(progress))  # a snapshot: callers may keep it
             self._import(plan, header, mapping, encoding, delimiter, progress)
         except ContactImportError as exc:
             self._fail(str(exc))
@@ -1252,7 +1370,7 @@ class _Import:
             message = f"The uploaded file could not be read ({exc.strerror or exc})."
             self._fail(message)
             raise ImportFailed(message) from exc
-        except Exception as exc:
+        except BaseException as exc:  # also a worker's time limit or shutdown: never leave it "running"
             self._fail(
                 f"The import stopped after line {self.line} because of an internal error "
                 f"({type(exc).__name__})."
@@ -1283,7 +1401,7 @@ class _Import:
             profile = profile_file(self.path, encoding=encoding, delimiter=delimiter)
             encoding, delimiter, header = profile.encoding, profile.delimiter, profile.header
         mapping = validate_mapping(header, dict(record.mapping or {}))
-        if record.list_id is not None and db.session.get(ContactList, record.list_id) is None:
+        if record.list_id is not None and not _list_exists(record.list_id):
             raise MappingError("The target list was deleted; choose another list.")
         tenant_row = db.session.get(Tenant, record.tenant_id)
         self.country = tenant_row.default_country if tenant_row is not None else None
@@ -1294,7 +1412,7 @@ class _Import:
         """Rows in the file, counted as :class:`_Records` counts them (blank ones left out)."""
         total = -1  # the header
         with _open_text(self.path, encoding) as stream:
-            reader = csv.reader(stream, delimiter=delimiter)
+            reader = csv.reader(stream, delimiter=delimiter, strict=True)
             while True:
                 try:
                     cells = next(reader)
@@ -1321,22 +1439,40 @@ class _Import:
                 self.line = record.line
                 read = reader.read(record)
                 (batch.rows if type(read) is _Row else batch.rejections).append(read)
-                if len(batch.rows) + len(batch.rejections) >= BATCH_ROWS:
+                size = len(batch.rows) + len(batch.rejections)
+                if size >= BATCH_ROWS:
                     yield batch
                     batch = _ParsedBatch()
+                elif size % 32 == 0:
+                    time.sleep(
+                        0
+                    )  # let the writing thread have the interpreter as soon as its database answers
             if batch.rows or batch.rejections:
                 yield batch
 
     def _import(self, plan, header, mapping, encoding, delimiter, progress: ImportProgress) -> None:
         reader = _RowReader(header, mapping, self.country, self.notes)
         writer = _writer_for(plan, self.portable)
-        with _Prefetched(lambda: self._read(reader, encoding, delimiter)) as batches:
-            for batch in batches:
-                self._flush(writer, batch.rows, batch.rejections, progress)
+        members = None
+        if plan.list_id is not None and not writer.members_inline:
+            members = _ListMembers(db.engine, plan.tenant_id, plan.list_id)
+        try:
+            with _Prefetched(lambda: self._read(reader, encoding, delimiter)) as batches:
+                for batch in batches:
+                    listed = self._flush(writer, batch.rows, batch.rejections, progress)
+                    if members is not None:
+                        members.add(listed)
+        except BaseException:
+            if members is not None:
+                members.close(raise_error=False)  # what went wrong here is the story
+            raise
+        if members is not None:
+            members.close()
 
     def _flush(
         self, writer, rows: list[_Row], rejections: list[_Rejection], progress: ImportProgress
-    ) -> None:
+    ) -> list[int]:
+        """Write one batch (retrying it if another writer got in the way); answers the contacts to list."""
         for attempt in range(3):
             try:
                 outcome = _write_batch(writer, rows, rejections)
@@ -1353,6 +1489,7 @@ class _Import:
                 record.merged_count = progress.merged
                 record.rejected_count = progress.rejected
                 db.session.commit()
+                writer.after_commit(progress.created)
                 break
             except (IntegrityError, OperationalError):
                 # another writer got in between (same phone or email, a deadlock, SQLite busy): redo the batch
@@ -1360,17 +1497,21 @@ class _Import:
                 if attempt == 2:
                     raise
                 time.sleep(0.05 * (attempt + 1))
-        self.on_progress(progress)
+        self.on_progress(replace(progress))  # a snapshot: callers may keep it
+        return outcome.listed
 
     def _fail(self, message: str) -> None:
-        db.session.rollback()
-        record = db.session.get(ContactImport, self.import_id)
-        if record is None:
-            return
-        record.status = ImportStatus.FAILED
-        record.error = message[:1000]
-        record.finished_at = utcnow()
-        db.session.commit()
+        try:
+            db.session.rollback()
+            record = db.session.get(ContactImport, self.import_id)
+            if record is not None:
+                record.status = ImportStatus.FAILED
+                record.error = message[:1000]
+                record.finished_at = utcnow()
+                db.session.commit()
+        except Exception:  # the database itself may be what failed; the original error is raised next
+            log.exception("could not record the failure of import %s", self.import_id)
+            db.session.rollback()
 
 
 # --- rejected rows, for download -------------------------------------------------------------------

@@ -80,12 +80,18 @@ def to_e164(raw: str, default_country: str | None = None) -> str:
             except InvalidPhone:
                 raise national_problem from None
     if _DIGITS.fullmatch(compact):
-        if compact.startswith("00"):
-            compact = compact[2:]
         fast = _FAST.e164(compact)
         if fast is not None:
             return fast
-        return _parse_checked("+" + compact, None, shown)
+        try:
+            return _parse_checked("+" + compact, None, shown)
+        except InvalidPhone as problem:
+            if "too short" in str(problem) or "too long" in str(problem):
+                raise
+            raise InvalidPhone(
+                f"phone '{shown}' is not a valid international number (without + the first digits are "
+                "the country code; national numbers need the workspace's default country)"
+            ) from None
     return _parse_checked(text, region, shown)
 
 
@@ -122,7 +128,10 @@ def _parse_problem(exc: NumberParseException, shown: str, region: str | None) ->
     kind = exc.error_type
     if kind == NumberParseException.INVALID_COUNTRY_CODE:
         if region is None and not shown.lstrip().startswith("+"):
-            return f"phone '{shown}' has no country code (write it with + and the country code)"
+            return (
+                f"phone '{shown}' has no country code (write it with + and the country code, "
+                "or set the workspace's default country)"
+            )
         return f"phone '{shown}' has an unknown country code"
     if kind in (NumberParseException.TOO_SHORT_NSN, NumberParseException.TOO_SHORT_AFTER_IDD):
         return f"phone '{shown}' is too short"
@@ -241,13 +250,17 @@ class _FastValidator:
         return self._national_prefix[country_code]
 
 
+_COUNTRY_CODES = {str(code): code for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE}
+
+
 def _split_country_code(digits: str) -> tuple[int, str]:
     """phonenumbers' ``_extract_country_code``: the shortest known code at the start."""
     if not digits or digits[0] == "0":
         return 0, digits
     for size in (1, 2, 3):
-        if len(digits) > size and int(digits[:size]) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
-            return int(digits[:size]), digits[size:]
+        code = _COUNTRY_CODES.get(digits[:size])
+        if code is not None and len(digits) > size:
+            return code, digits[size:]
     return 0, digits
 
 

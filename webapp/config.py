@@ -68,7 +68,9 @@ def settings(instance: Path, env: Mapping[str, str] = os.environ) -> dict[str, A
         "REMEMBER_COOKIE_HTTPONLY": True,
         "REMEMBER_COOKIE_SAMESITE": "Lax",
         "REMEMBER_COOKIE_SECURE": production,
-        "MAX_CONTENT_LENGTH": int(env.get("MAX_UPLOAD_BYTES", 50 * 1024 * 1024)),
+        "MAX_IMPORT_BYTES": int(env.get("MAX_IMPORT_BYTES", 50 * 1024 * 1024)),
+        # a request may carry a whole import file plus its form; larger uploads get the import's own message
+        "MAX_CONTENT_LENGTH": int(env.get("MAX_IMPORT_BYTES", 50 * 1024 * 1024)) + 1024 * 1024,
         "WTF_CSRF_TIME_LIMIT": None,
         "NODE_MODULES": Path(
             env.get("CRIER_NODE_MODULES", Path(__file__).resolve().parent.parent / "node_modules")
