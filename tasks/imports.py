@@ -11,6 +11,7 @@ Events, to the tenant room (``tenant:<id>``):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -83,8 +84,9 @@ def run_contact_import(import_id: int) -> None:
         except ImportFailed as exc:
             _emit(tenant_id, "import:failed", _failure(import_id, str(exc)))
             return
-        except Exception:
-            _emit(tenant_id, "import:failed", _failure(import_id, "The import stopped: internal error."))
+        except BaseException:  # a bug, the database gone, the worker's time limit or shutdown
+            with contextlib.suppress(Exception):  # what is raised next is the story
+                _emit(tenant_id, "import:failed", _failure(import_id, "The import stopped: internal error."))
             raise
     _emit(tenant_id, "import:completed", {**result.as_event(), "status": "completed"})
 
