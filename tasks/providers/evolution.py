@@ -28,7 +28,6 @@ from tasks.providers.classification import (
     verify_failure,
 )
 from tasks.providers.http import HttpAdapter
-from tasks.providers.ssrf import UrlGuard
 from tasks.providers.whatsapp import wa_number
 
 
@@ -80,14 +79,7 @@ class EvolutionAdapter(HttpAdapter):
     kind: ClassVar[ProviderKind] = ProviderKind.EVOLUTION
     label: ClassVar[str] = "Evolution"
 
-    def __init__(
-        self,
-        connection: PageConnection,
-        client: httpx.AsyncClient | None = None,
-        *,
-        guard: UrlGuard | None = None,
-    ):
-        super().__init__(connection, client, guard=guard)
+    def _setup(self, connection: PageConnection) -> None:
         self._base = connection.base_url.rstrip("/")
         self._instance = quote(str(connection.settings.get("instance") or ""), safe="")
         self._headers = {"apikey": connection.credentials.get("api_key", "")}

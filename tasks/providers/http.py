@@ -136,6 +136,10 @@ class HttpAdapter:
         self.client = client if client is not None else make_client(guard=self.guard)
         self._resolve_in_check = guard_of(self.client) is None
         self._secrets = tuple(value for value in connection.credentials.values() if value)
+        self._setup(connection)
+
+    def _setup(self, connection: PageConnection) -> None:
+        """Read what the subclass needs from ``connection`` (its URL parts, headers)."""
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         return redact_result(await self._send(message), self._secrets)

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import httpx
-
 from tasks.providers.base import OutgoingMessage, PageConnection, ProviderKind, SendResult, VerifyResult
 from tasks.providers.classification import graph_answer, read_json, verify_failure
 from tasks.providers.http import HttpAdapter
-from tasks.providers.ssrf import UrlGuard
 
 DEFAULT_BASE_URL = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v21.0"
@@ -22,14 +19,7 @@ class MessengerAdapter(HttpAdapter):
     trusted_base_url: ClassVar[str | None] = DEFAULT_BASE_URL
     label: ClassVar[str] = "Messenger"
 
-    def __init__(
-        self,
-        connection: PageConnection,
-        client: httpx.AsyncClient | None = None,
-        *,
-        guard: UrlGuard | None = None,
-    ):
-        super().__init__(connection, client, guard=guard)
+    def _setup(self, connection: PageConnection) -> None:
         settings = connection.settings
         base = (connection.base_url or DEFAULT_BASE_URL).rstrip("/")
         self._api = f"{base}/{settings.get('api_version') or DEFAULT_API_VERSION}"

@@ -32,7 +32,6 @@ from tasks.providers.classification import (
     verify_failure,
 )
 from tasks.providers.http import HttpAdapter
-from tasks.providers.ssrf import UrlGuard
 
 MAX_REDIRECTS = 3
 FOLLOWED_REDIRECTS = frozenset({307, 308})
@@ -71,14 +70,7 @@ class WebhookAdapter(HttpAdapter):
     kind: ClassVar[ProviderKind] = ProviderKind.WEBHOOK
     label: ClassVar[str] = "webhook"
 
-    def __init__(
-        self,
-        connection: PageConnection,
-        client: httpx.AsyncClient | None = None,
-        *,
-        guard: UrlGuard | None = None,
-    ):
-        super().__init__(connection, client, guard=guard)
+    def _setup(self, connection: PageConnection) -> None:
         self._url = connection.base_url
         self._secret = connection.credentials.get("signing_secret", "")
 
