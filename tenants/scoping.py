@@ -55,13 +55,17 @@ def current_tenant_id(session: Session) -> int | None:
 
 @contextmanager
 def tenant(session: Session, tenant_id: int) -> Iterator[None]:
-    """Work for ``tenant_id`` inside the block, restoring the previous tenant after."""
-    previous = session.info.get(TENANT_KEY)
-    session.info[TENANT_KEY] = tenant_id
+    """Work for ``tenant_id`` inside the block, restoring the previous tenant after.
+
+    Inside :func:`all_tenants`, this block is scoped again: platform code that turns to one
+    tenant (the sweeper, say) gets that tenant's rows only.
+    """
+    previous, bypass = session.info.get(TENANT_KEY), session.info.get(BYPASS_KEY, False)
+    session.info[TENANT_KEY], session.info[BYPASS_KEY] = tenant_id, False
     try:
         yield
     finally:
-        session.info[TENANT_KEY] = previous
+        session.info[TENANT_KEY], session.info[BYPASS_KEY] = previous, bypass
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from sqlalchemy import select
 
 from tenants.accounts import hash_password
+from tenants.campaigns import Campaign, Delivery, DeliveryState
 from tenants.contacts import (
     Contact,
     ContactChannelId,
@@ -133,6 +134,30 @@ def make_template(tenant: Tenant, made: dict) -> Template:
     return row
 
 
+def make_campaign(tenant: Tenant, made: dict) -> Campaign:
+    row = Campaign(
+        name="Spring sale",
+        page_id=made[Page].id,
+        template_id=made[Template].id,
+        audience={"all": False, "lists": [made[ContactList].id], "segments": []},
+    )
+    db.session.add(row)
+    return row
+
+
+def make_delivery(tenant: Tenant, made: dict) -> Delivery:
+    row = Delivery(
+        campaign_id=made[Campaign].id,
+        contact_id=made[Contact].id,
+        address=made[Contact].phone,
+        state=DeliveryState.FAILED,
+        error_code="131026",
+        error_text="message undeliverable",
+    )
+    db.session.add(row)
+    return row
+
+
 FACTORIES: dict[type, Factory] = {
     Membership: make_membership,
     Page: make_page,
@@ -147,6 +172,8 @@ FACTORIES: dict[type, Factory] = {
     ContactImport: make_import,
     ImportRejection: make_rejection,
     Template: make_template,
+    Campaign: make_campaign,
+    Delivery: make_delivery,
 }
 
 

@@ -111,3 +111,35 @@ def test_platform_code_opts_out_explicitly(two_tenants):
         assert db.session.scalar(select(func.count()).select_from(Membership)) == 4
     with pytest.raises(TenantNotSet):
         db.session.scalar(select(func.count()).select_from(Membership))
+
+
+def test_a_tenant_block_inside_all_tenants_is_scoped_again(app):
+    """Platform code (the sweeper) that turns to one tenant sees only that tenant's rows."""
+    from tenants.pages import Page, ProviderKind, apply_form
+    from tenants.scoping import all_tenants, tenant
+
+    with app.app_context():
+        ids = []
+        with all_tenants(db.session):
+            for name in ("Acme", "Bravo"):
+                owner = Tenant(name=name, slug=name.lower())
+                db.session.add(owner)
+                db.session.flush()
+                with tenant(db.session, owner.id):
+                    db.session.add(
+                        apply_form(
+                            Page(kind=ProviderKind.WEBHOOK),
+                            name=f"{name} hook",
+                            base_url="https://hooks.example/in",
+                            send_rate=5,
+                            daily_cap=None,
+                            credentials={"signing_secret": "a-long-secret"},
+                            settings={},
+                        )
+                    )
+                    db.session.flush()
+                ids.append(owner.id)
+            db.session.commit()
+            with tenant(db.session, ids[0]):
+                assert [p.name for p in db.session.scalars(select(Page))] == ["Acme hook"]
+            assert len(db.session.scalars(select(Page)).all()) == 2  # platform mode again after the block
