@@ -121,6 +121,12 @@ class Workers:
         )
         broker = RedisBroker(client=client, namespace=f"{config['REDIS_PREFIX']}-dramatiq")
         broker.add_middleware(AppContextMiddleware(self.app))
+        # the sweeper and dispatch need the actors, which need this module
+        from tasks.dispatch import ThreadResources
+        from tasks.sweeper import SweeperMiddleware
+
+        broker.add_middleware(SweeperMiddleware(self.app))
+        broker.add_middleware(ThreadResources())
         for lazy in _declared.values():
             lazy.bind(broker)
         return broker

@@ -9,20 +9,21 @@ create a contact carrying that page's id for them — that is how Messenger audi
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from flask import current_app
+from sqlalchemy import func, select, update
 
 from tasks.broker import actor
+from tenants.campaigns import Campaign, Delivery, DeliveryState
 from tenants.contacts import Contact, ContactChannelId
-from tenants.db import db, utcnow
+from tenants.db import db, insert_ignoring_conflicts, utcnow
 from tenants.events import InboundMessage, Receipt, ReceiptStatus, WebhookEvent
-from tenants.pages import ProviderKind
-from tenants.scoping import all_tenants, tenant
+from tenants.pages import Page, ProviderKind
+from tenants.scoping import TenantNotSet, all_tenants, current_tenant_id, tenant
 
 
 class MalformedCallback(ValueError):
@@ -214,8 +215,7 @@ def parse(kind: ProviderKind, body: str) -> ParsedCallback:
 def _insert_ignoring_duplicates(model: type, rows: list[dict]) -> None:
     if not rows:
         return
-    insert = pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert
-    db.session.execute(insert(model).on_conflict_do_nothing(), rows)
+    db.session.execute(insert_ignoring_conflicts(model), rows)
 
 
 def _contact_for_messenger_sender(page_id: int, psid: str) -> int:
@@ -265,3 +265,212 @@ def process_webhook_event(event_id: int) -> None:
             event.error = str(exc)[:500]
         event.processed_at = utcnow()
         db.session.commit()
+        apply_receipts(event.page_id, limit=500)  # older stragglers are the sweeper's
+        apply_inbound(event.page_id, limit=500)
+
+
+# --------------------------------------------------------------------------- applying them to deliveries
+
+GIVE_UP_AFTER = timedelta(hours=1)  # a receipt whose delivery never shows up is set aside after this
+REPLY_WINDOW = timedelta(days=7)  # a message counts as a reply to the latest send within this
+SENT_AT_LAG = timedelta(minutes=1)  # sent_at is written after the send, with the slice's other outcomes
+SENT, DELIVERED, READ = DeliveryState.SENT.value, DeliveryState.DELIVERED.value, DeliveryState.READ.value
+UNKNOWN, FAILED = DeliveryState.UNKNOWN.value, DeliveryState.FAILED.value
+DELIVERIES = Delivery.__table__
+
+
+def _tenant_id() -> int:
+    """The tenant being worked for, explicitly: callers may hold all_tenants (the sweeper does), and
+    then the session adds no tenant criterion of its own."""
+    tenant_id = current_tenant_id(db.session)
+    if tenant_id is None:
+        raise TenantNotSet("receipts and replies are applied for one tenant at a time")
+    return tenant_id
+
+
+def _delivery_ids(receipt: Receipt) -> list[int]:
+    """The delivery a receipt is about: by Crier's reference, else by the provider's message id; either
+    way one the receipt's page sent, of the receipt's tenant (the sweeper calls this in all_tenants)."""
+    sent_through_the_page = (
+        select(Delivery.id)
+        .join(Campaign, Campaign.id == Delivery.campaign_id)
+        .where(Delivery.tenant_id == receipt.tenant_id, Campaign.page_id == receipt.page_id)
+    )
+    if receipt.reference and re.fullmatch(r"[0-9]{1,18}", receipt.reference):  # a delivery id, not "²"
+        found = db.session.scalars(sent_through_the_page.where(Delivery.id == int(receipt.reference))).all()
+        if found:
+            return list(found)
+    if receipt.provider_message_id:
+        return list(
+            db.session.scalars(
+                sent_through_the_page.where(Delivery.provider_message_id == receipt.provider_message_id)
+            )
+        )
+    return []
+
+
+def _apply(delivery_id: int, receipt: Receipt) -> bool:
+    """Move one delivery forward; True when the receipt is settled (applied, or nothing left to do)."""
+    state = db.session.scalar(select(Delivery.state).where(Delivery.id == delivery_id))
+    if state in (DeliveryState.PENDING, DeliveryState.IN_FLIGHT):
+        return False  # the send's own outcome is not written yet: try again later
+    at, row = receipt.occurred_at, DELIVERIES.c
+    if receipt.status is ReceiptStatus.DELIVERED:
+        db.session.execute(
+            update(DELIVERIES)
+            .where(row.id == delivery_id, row.state.in_([SENT, UNKNOWN]))
+            .values(state=DELIVERED, delivered_at=func.coalesce(row.delivered_at, at))
+        )
+        db.session.execute(  # a read that came first already implied delivery; keep the time
+            update(DELIVERIES)
+            .where(row.id == delivery_id, row.delivered_at.is_(None))
+            .values(delivered_at=at)
+        )
+    elif receipt.status is ReceiptStatus.READ:
+        db.session.execute(
+            update(DELIVERIES)
+            .where(row.id == delivery_id, row.state.in_([SENT, DELIVERED, UNKNOWN]))
+            .values(
+                state=READ,
+                read_at=func.coalesce(row.read_at, at),
+                delivered_at=func.coalesce(row.delivered_at, at),
+            )
+        )
+    else:
+        db.session.execute(
+            update(DELIVERIES)
+            .where(row.id == delivery_id, row.state.in_([SENT, UNKNOWN]))
+            .values(
+                state=FAILED,
+                error_code=(receipt.error_code or "")[:50] or None,
+                error_text=("the provider reported: " + (receipt.error_text or "failed"))[:500],
+            )
+        )
+    return True
+
+
+def _apply_read_watermark(receipt: Receipt) -> None:
+    """Messenger: everything sent to this person on this page before the watermark was read."""
+    row = DELIVERIES.c
+    campaigns = select(Campaign.id).where(
+        Campaign.tenant_id == receipt.tenant_id, Campaign.page_id == receipt.page_id
+    )
+    db.session.execute(
+        update(DELIVERIES)
+        .where(
+            row.tenant_id == receipt.tenant_id,
+            row.campaign_id.in_(campaigns),
+            row.address == receipt.recipient,
+            row.state.in_([SENT, DELIVERED, UNKNOWN]),
+            row.sent_at <= receipt.occurred_at,
+        )
+        .values(
+            state=READ,
+            read_at=func.coalesce(row.read_at, receipt.occurred_at),
+            delivered_at=func.coalesce(row.delivered_at, receipt.occurred_at),
+        )
+    )
+
+
+def apply_receipts(page_id: int | None = None, limit: int = 2000) -> int:
+    """Apply the current tenant's unapplied receipts to their deliveries, idempotently and in any order."""
+    query = (
+        select(Receipt)
+        .where(Receipt.tenant_id == _tenant_id(), Receipt.applied_at.is_(None))
+        .order_by(Receipt.id)
+        .limit(limit)
+    )
+    if page_id is not None:
+        query = query.where(Receipt.page_id == page_id)
+    now = utcnow()
+    applied = 0
+    for receipt in db.session.scalars(query).all():
+        if receipt.provider_message_id is None and receipt.reference is None:
+            if receipt.status is ReceiptStatus.READ and receipt.recipient:
+                _apply_read_watermark(receipt)
+            settled = True
+        else:
+            ids = _delivery_ids(receipt)
+            settled = all([_apply(delivery_id, receipt) for delivery_id in ids]) if ids else False
+        if settled or now - receipt.occurred_at > GIVE_UP_AFTER:
+            receipt.applied_at = now
+            applied += 1
+    db.session.commit()
+    return applied
+
+
+def stop_keywords() -> frozenset[str]:
+    return frozenset(
+        word.strip().upper() for word in current_app.config["STOP_KEYWORDS"].split(",") if word.strip()
+    )
+
+
+def is_stop(text: str, keywords: frozenset[str]) -> bool:
+    """A reply that asks to stop: the whole message is a keyword ("stop", "Stop.", "UNSUBSCRIBE!")."""
+    words = re.sub(r"[^\w\s]", " ", text or "").upper().split()
+    return bool(words) and " ".join(words) in keywords
+
+
+def _contact_of(message: InboundMessage, kind: ProviderKind) -> int | None:
+    """The sender among the message's tenant's contacts (the same phone is often another tenant's too)."""
+    if message.contact_id is not None:
+        return message.contact_id
+    ours = select(Contact.id).where(Contact.tenant_id == message.tenant_id)
+    digits = re.sub(r"[^0-9]", "", message.sender or "")
+    if kind in (ProviderKind.WHATSAPP, ProviderKind.EVOLUTION) and digits:
+        return db.session.scalar(ours.where(Contact.phone == f"+{digits}"))
+    if kind is ProviderKind.SMTP and "@" in (message.sender or ""):
+        return db.session.scalar(ours.where(func.lower(Contact.email) == message.sender.lower()))
+    if kind is ProviderKind.WEBHOOK and digits == (message.sender or "") and len(digits) <= 18:
+        return db.session.scalar(ours.where(Contact.id == int(digits)))
+    return None
+
+
+def apply_inbound(page_id: int | None = None, limit: int = 2000) -> int:
+    """Count replies on the latest delivery to their sender, and opt out people who reply STOP."""
+    query = (
+        select(InboundMessage)
+        .where(InboundMessage.tenant_id == _tenant_id(), InboundMessage.applied_at.is_(None))
+        .order_by(InboundMessage.id)
+        .limit(limit)
+    )
+    if page_id is not None:
+        query = query.where(InboundMessage.page_id == page_id)
+    keywords = stop_keywords()
+    now = utcnow()
+    messages = db.session.scalars(query).all()
+    for message in messages:
+        page = db.session.get(Page, message.page_id)
+        contact_id = _contact_of(message, page.kind) if page is not None else None
+        if contact_id is not None:
+            message.contact_id = contact_id
+            row = DELIVERIES.c
+            latest = db.session.scalar(
+                select(row.id)
+                .join(Campaign.__table__, Campaign.id == row.campaign_id)
+                .where(
+                    row.tenant_id == message.tenant_id,
+                    row.contact_id == contact_id,
+                    Campaign.page_id == message.page_id,
+                    row.state.in_([SENT, DELIVERED, READ, UNKNOWN]),
+                    row.sent_at >= message.received_at - REPLY_WINDOW,
+                    row.sent_at <= message.received_at + SENT_AT_LAG,  # not one sent after the reply
+                )
+                .order_by(row.sent_at.desc())
+                .limit(1)
+            )
+            if latest is not None:
+                db.session.execute(
+                    update(DELIVERIES)
+                    .where(row.id == latest, row.replied_at.is_(None))
+                    .values(replied_at=message.received_at)
+                )
+            if is_stop(message.text, keywords):
+                contact = db.session.get(Contact, contact_id)
+                if contact is not None and not contact.opted_out:
+                    contact.opted_out = True
+                    contact.opted_out_at = message.received_at
+                    contact.opted_out_source = f"replied {message.text.strip()[:40]!r} on {page.name}"[:200]
+        message.applied_at = now
+    db.session.commit()
+    return len(messages)

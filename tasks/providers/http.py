@@ -136,6 +136,9 @@ class HttpAdapter:
         self.client = client if client is not None else make_client(guard=self.guard)
         self._resolve_in_check = guard_of(self.client) is None
         self._secrets = tuple(value for value in connection.credentials.values() if value)
+        forms = {form for secret in self._secrets for form in secret_forms(secret)}
+        self._secret_forms = tuple(sorted(forms, key=len, reverse=True))  # longest first
+        self._checked_urls: set[str] = set()
         self._setup(connection)
 
     def _setup(self, connection: PageConnection) -> None:
@@ -160,8 +163,10 @@ class HttpAdapter:
     async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response | SendResult:
         """The answer, or the :class:`SendResult` of a request that got none (or was refused)."""
         try:
-            if self.guard is not None:
+            if self.guard is not None and url not in self._checked_urls:
                 await self.guard.check(url, resolve=self._resolve_in_check)
+                if not self._resolve_in_check:  # the verdict depends on the URL alone: remember it
+                    self._checked_urls.add(url)
             response = await self.client.request(method, url, **kwargs)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             return transport_failure(exc, self.label)
@@ -170,10 +175,9 @@ class HttpAdapter:
     def _scrubbed(self, response: httpx.Response) -> httpx.Response:
         """``response`` with any credential echoed in its body blanked, before excerpts are cut from it."""
         content = response.content
-        forms = {form for secret in self._secrets for form in secret_forms(secret)}
-        if not any(form in content for form in forms):
+        if not any(form in content for form in self._secret_forms):
             return response
-        for form in sorted(forms, key=len, reverse=True):
+        for form in self._secret_forms:
             content = content.replace(form, REDACTED.encode())
         headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-length"]
         return httpx.Response(

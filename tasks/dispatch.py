@@ -1,0 +1,1267 @@
+"""Dispatch: send a running campaign's deliveries in time slices, under every limit, and write back.
+
+One Dramatiq message runs one *slice* (a couple of seconds) of one *chain* of one campaign and
+re-enqueues itself at the back of the queue, so campaigns share the workers fairly and pause or
+cancel take effect between two checks (every 0.2 s). A campaign runs ``DISPATCH_CHAINS`` chains;
+the limiter, not the number of chains or workers, sets the pace. A slice::
+
+    reserve send slots (Redis, shared)  →  reserve daily quota + claim due deliveries with a lease
+    (one PostgreSQL transaction, FOR UPDATE SKIP LOCKED, committed before any send)  →  render and
+    send each at its slot with async I/O, at most DISPATCH_WINDOW claimed and unrecorded at once
+    →  write outcomes in bulk (only rows still in flight)  →  emit progress  →  re-enqueue.
+
+Chains carry the campaign's ``dispatch_generation``: the sweeper starts a new generation when a
+campaign has no live work, and chains of an older one stop. A message delivered twice sends
+nothing twice: only a committed claim sends, and a claim takes pending rows only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import functools
+import logging
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import dramatiq
+import redis
+from flask import current_app
+from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from tasks.broker import WorkersUnreachable, actor
+from tasks.limits import Limit, RateLimiter, burst_allowance
+from tasks.progress import emit_campaign_event
+from tasks.providers import adapter_for
+from tasks.providers.base import Outcome, OutgoingMessage, PageConnection, SendResult, TemplateRef
+from tasks.providers.http import make_client
+from tasks.providers.ssrf import UrlGuard
+from tenants.campaigns import (
+    Campaign,
+    CampaignState,
+    DailyUsage,
+    Delivery,
+    DeliveryState,
+    MessageSource,
+    PauseReason,
+    next_midnight,
+    quota_day,
+    summary,
+)
+from tenants.contacts import Contact
+from tenants.db import db, insert_ignoring_conflicts, utcnow
+from tenants.models import Tenant
+from tenants.pages import DeliveryPolicy, Page, PageState, ProviderKind
+from tenants.scoping import tenant
+from tenants.templating import CompiledTemplate, compile_template, contact_variables
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RATE_MARGIN = 0.98  # pace a little under each limit: the provider sees our sends after some jitter
+MAX_RESLOTS = 3
+DISPATCH_CONNECTIONS = 200  # per worker thread: enough for thousands of sends/s at provider latencies
+LOOKAHEAD = 0.6  # seconds of send slots a slice books ahead (more would hold slots it may give back)
+HEARTBEAT_EVERY = 1.0  # seconds between "this campaign has live dispatch" marks for the sweeper
+CHECK_EVERY = 0.2  # seconds between looks at the campaign's state (pause within 1 s)
+FLUSH_EVERY = 0.25  # seconds between bulk writes of outcomes
+FLUSH_SIZE = 500
+PROGRESS_EVERY_MS = 750  # at most a few progress events per second per campaign (each counts the deliveries)
+THROTTLE_SLOWDOWN = (0.5, 60.0)  # after a throttle the page runs at half its rate for a minute
+THROTTLE_SETTLE = 3.0  # seconds after a slow-down during which further throttles do not slow more
+LONG_THROTTLE = 30.0  # a cool-down longer than this pauses the page's campaigns
+PAIR_INTERVAL = 6.0  # WhatsApp: one message to the same person per page every few seconds
+ERROR_WINDOW, ERROR_MIN_SAMPLE = 100, 20
+TABLE = Delivery.__table__
+CONTACT_COLUMNS = (
+    Contact.id,
+    Contact.first_name,
+    Contact.last_name,
+    Contact.phone,
+    Contact.email,
+    Contact.company,
+    Contact.custom_fields,
+    Contact.opted_out,
+)
+
+
+# --------------------------------------------------------------------------- settings and plumbing
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    slice_seconds: float
+    window: int  # deliveries claimed and not yet recorded, per slice
+    chains: int
+    lease_seconds: float
+    retry_base_seconds: float
+
+    @classmethod
+    def of(cls, config) -> DispatchSettings:
+        return cls(
+            slice_seconds=float(config["DISPATCH_SLICE_SECONDS"]),
+            window=int(config["DISPATCH_WINDOW"]),
+            chains=int(config["DISPATCH_CHAINS"]),
+            lease_seconds=float(config["LEASE_SECONDS"]),
+            retry_base_seconds=float(config["RETRY_BASE_SECONDS"]),
+        )
+
+
+def redis_client(app=None) -> redis.Redis:
+    """The app's Redis client for limits and progress (not the broker's)."""
+    app = app or current_app._get_current_object()
+    client = app.extensions.get("crier.redis")
+    if client is None:
+        client = redis.Redis.from_url(
+            app.config["REDIS_URL"], socket_connect_timeout=2, socket_timeout=5, health_check_interval=10
+        )
+        app.extensions["crier.redis"] = client
+    return client
+
+
+def rate_limiter() -> RateLimiter:
+    return RateLimiter(redis_client(), current_app.config["REDIS_PREFIX"])
+
+
+def allowed_private_hosts(config) -> frozenset[str]:
+    """Outside production the local sandbox (HTTP and SMTP) may be reached although it is on loopback."""
+    if config["CRIER_ENV"] == "production":
+        return frozenset(config.get("EXTRA_ALLOWED_HOSTS") or ())
+    parts = urlsplit(config["SANDBOX_URL"])
+    hosts = {f"{parts.hostname}:{parts.port or 80}", f"{parts.hostname}:{config['SANDBOX_SMTP_PORT']}"}
+    return frozenset(hosts | set(config.get("EXTRA_ALLOWED_HOSTS") or ()))
+
+
+def with_db_retry(work: Callable[[], T], what: str, attempts: int = 5) -> T:
+    """Run ``work`` (which commits); on a lost connection or a lock error roll back and run it again."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return work()
+        except (OperationalError, DBAPIError) as exc:
+            db.session.rollback()
+            if attempt == attempts:
+                raise
+            log.warning("%s failed (%s); retrying", what, exc.__class__.__name__)
+            time.sleep(min(2.0, 0.1 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
+class SendLoop:
+    """The one event loop of a worker process that every dispatch slice sends on.
+
+    Slices arrive on several Dramatiq threads; they all run here, so a process keeps one HTTP
+    connection pool and one loop instead of one per thread (less memory, no loops competing for
+    the interpreter). A slice's coroutine runs with its Dramatiq thread's context (its app context
+    and database session) while that thread waits for it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._clients: dict[frozenset[str], Any] = {}
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed() or not self._thread.is_alive():
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                self._thread = threading.Thread(target=run, name="crier-send-loop", daemon=True)
+                self._thread.start()
+                ready.wait()
+                self._loop, self._clients = loop, {}
+            return self._loop
+
+    def run(self, make_coroutine: Callable[[], Any]) -> Any:
+        """Run the coroutine ``make_coroutine()`` makes on the send loop, in the caller's context."""
+        loop = self._start()
+        context = contextvars.copy_context()
+        done: concurrent.futures.Future = concurrent.futures.Future()
+
+        def begin() -> None:
+            task = loop.create_task(make_coroutine(), context=context)
+
+            def finished(task: asyncio.Task) -> None:
+                if task.cancelled():
+                    done.cancel()
+                elif task.exception() is not None:
+                    done.set_exception(task.exception())
+                else:
+                    done.set_result(task.result())
+
+            task.add_done_callback(finished)
+
+        loop.call_soon_threadsafe(begin)
+        return done.result()
+
+    def client(self, allowed: frozenset[str]):
+        """The process's HTTP client for pages that may reach ``allowed`` (call on the send loop)."""
+        client = self._clients.get(allowed)
+        if client is None:
+            client = self._clients[allowed] = make_client(
+                guard=UrlGuard(allowed), max_connections=DISPATCH_CONNECTIONS
+            )
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is None or loop.is_closed():
+            return
+
+        async def close_clients() -> None:
+            for client in self._clients.values():
+                await client.aclose()
+            self._clients.clear()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(close_clients(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        loop.close()
+
+
+send_loop = SendLoop()
+
+
+class ThreadResources(dramatiq.Middleware):
+    """Close the process's send loop and its HTTP clients when the worker stops."""
+
+    def before_worker_shutdown(self, broker, worker) -> None:
+        send_loop.close()
+
+
+# --------------------------------------------------------------------------- enqueueing
+
+
+def launch(campaign: Campaign) -> None:
+    """Enqueue the dispatch chains of a campaign that is now running (its current generation).
+
+    Raises :class:`WorkersUnreachable` when the broker is down; the sweeper starts them later.
+    """
+    chains = DispatchSettings.of(current_app.config).chains
+    for chain in range(chains):
+        dispatch_campaign.send(campaign.id, campaign.tenant_id, campaign.dispatch_generation, chain)
+
+
+def launch_quietly(campaign: Campaign) -> str | None:
+    """:func:`launch`, returning the reason instead of raising when the workers are unreachable."""
+    try:
+        launch(campaign)
+    except WorkersUnreachable as exc:
+        return str(exc)
+    return None
+
+
+@actor(queue_name="campaigns", max_retries=0, time_limit=15 * 60 * 1000)
+def dispatch_campaign(campaign_id: int, tenant_id: int, generation: int, chain: int) -> None:
+    """Run one slice of one chain of a campaign, then enqueue the next slice."""
+    with tenant(db.session, tenant_id):
+        job = Slice.load(campaign_id, generation, chain)
+        if job is None:
+            return
+        try:
+            go_on = send_loop.run(job.run)
+        finally:
+            db.session.rollback()
+        if go_on:
+            try:
+                dispatch_campaign.send(campaign_id, tenant_id, generation, chain)
+            except WorkersUnreachable:
+                log.warning("campaign %s: could not re-enqueue; the sweeper will", campaign_id)
+
+
+# --------------------------------------------------------------------------- one slice
+
+
+@dataclass(slots=True)
+class Claimed:
+    id: int
+    address: str
+    attempts: int
+    day: date
+    deadline: float  # monotonic time after which it must not be sent (its lease is running out)
+    message: OutgoingMessage | None = None
+    problem: SendResult | None = None
+    started: bool = False
+    reslots: int = 0
+
+
+@dataclass(slots=True)
+class Write:
+    """What to write for one delivery."""
+
+    id: int
+    state: DeliveryState
+    attempts: int
+    due_at: datetime | None = None
+    provider_message_id: str | None = None
+    error_code: str | None = None
+    error_text: str | None = None
+    refund: date | None = None  # the quota day to give the message back to
+
+
+@dataclass(frozen=True)
+class PageFacts:
+    """What a slice needs of its page, read once (ORM objects expire at every commit)."""
+
+    id: int
+    kind: ProviderKind
+    send_rate: float
+    daily_cap: int | None
+    delivery_policy: DeliveryPolicy
+
+
+@dataclass(frozen=True)
+class TenantFacts:
+    id: int
+    daily_message_quota: int
+    max_send_rate: float
+    timezone: str
+
+
+@dataclass
+class Slice:
+    campaign_id: int
+    tenant_id: int
+    generation: int
+    chain: int
+    settings: DispatchSettings
+    page: PageFacts
+    tenant_row: TenantFacts
+    compiled: CompiledTemplate
+    source: MessageSource
+    connection: PageConnection
+    max_attempts: int
+    error_threshold: float
+    campaign_rate: float | None
+    limiter: RateLimiter
+    outcomes: list[Write] = field(default_factory=list)
+    recent_failures: deque = field(default_factory=lambda: deque(maxlen=ERROR_WINDOW))
+    stop: str | None = None  # why the slice stops early: "paused", "cancelled", "gone", "completed", ...
+    throttled: SendResult | None = None
+    page_fatal: SendResult | None = None
+    booked_until: float = 0.0  # loop time of the last send slot this slice holds
+    last_heartbeat: float = field(default_factory=time.monotonic)
+    reslots: int = 0  # sends that woke too late for their slot and took a new one
+    successor_sent: bool = False
+    late: list[Claimed] = field(default_factory=list)  # waiting for new slots
+
+    # ---- loading
+
+    @classmethod
+    def load(cls, campaign_id: int, generation: int, chain: int) -> Slice | None:
+        def read() -> Slice | None:
+            campaign = db.session.get(Campaign, campaign_id)
+            if (
+                campaign is None
+                or campaign.state is not CampaignState.RUNNING
+                or campaign.dispatch_generation != generation
+            ):
+                return None
+            page = db.session.get(Page, campaign.page_id) if campaign.page_id else None
+            tenant_row = db.session.get(Tenant, campaign.tenant_id)
+            if page is None:
+                fail_campaign(campaign_id, "The campaign's page was deleted.")
+                return None
+            source = MessageSource.of(campaign.message or {})
+            config = current_app.config
+            job = cls(
+                campaign_id=campaign_id,
+                tenant_id=campaign.tenant_id,
+                generation=generation,
+                chain=chain,
+                settings=DispatchSettings.of(config),
+                page=PageFacts(
+                    page.id, page.kind, float(page.send_rate), page.daily_cap, page.delivery_policy
+                ),
+                tenant_row=TenantFacts(
+                    tenant_row.id,
+                    tenant_row.daily_message_quota,
+                    float(tenant_row.max_send_rate),
+                    tenant_row.timezone or "UTC",
+                ),
+                compiled=compile_template(source),
+                source=source,
+                connection=PageConnection(
+                    kind=page.kind,
+                    base_url=page.base_url,
+                    credentials=page.credentials,
+                    settings=dict(page.settings or {}),
+                    allowed_hosts=allowed_private_hosts(config),
+                ),
+                max_attempts=campaign.max_attempts,
+                error_threshold=campaign.error_threshold,
+                campaign_rate=campaign.send_rate,
+                limiter=rate_limiter(),
+            )
+            campaign.heartbeat_at = utcnow()
+            db.session.commit()
+            return job
+
+        return with_db_retry(read, f"campaign {campaign_id}: loading")
+
+    @functools.cached_property
+    def limits(self) -> list[Limit]:
+        limits = [
+            Limit(f"page:{self.page.id}", self.page.send_rate * RATE_MARGIN),
+            Limit(f"tenant:{self.tenant_id}", self.tenant_row.max_send_rate * RATE_MARGIN),
+        ]
+        if self.campaign_rate:
+            limits.append(Limit(f"campaign:{self.campaign_id}", self.campaign_rate * RATE_MARGIN))
+        return limits
+
+    @functools.cached_property
+    def max_lateness(self) -> float:
+        """How late a send may go out for its slot: the burst the slowest limit tolerates (the pace is
+        ``RATE_MARGIN`` under the limit, which leaves room for the provider's side of the jitter)."""
+        rate = min(limit.rate for limit in self.limits)
+        return burst_allowance(rate) / rate
+
+    def claim_size(self) -> int:
+        """About a quarter second of sending at the current pace (at least one)."""
+        rate = min(limit.rate for limit in self.limits)
+        with contextlib.suppress(redis.RedisError):
+            rate *= self.limiter.current_factor(f"page:{self.page.id}")
+        return max(1, math.ceil(rate * 0.25))
+
+    async def redis_call(self, work: Callable[[], T], what: str, deadline: float) -> T | None:
+        """``work()`` against Redis, waiting (without blocking other sends) while Redis is unreachable;
+        None once ``deadline`` (monotonic) has passed."""
+        delay = 0.05
+        while True:
+            try:
+                return work()
+            except redis.RedisError as exc:
+                if time.monotonic() + delay > deadline or self.stop:
+                    log.warning(
+                        "%s: Redis unavailable (%s); giving the work back", what, exc.__class__.__name__
+                    )
+                    return None
+                log.info("%s: Redis unavailable (%s); waiting", what, exc.__class__.__name__)
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+
+    # ---- the loop
+
+    async def run(self) -> bool:
+        """Send for one slice; True when the chain should go on."""
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        adapter = adapter_for(self.connection, send_loop.client(self.connection.allowed_hosts))
+        deadline = loop.time() + settings.slice_seconds
+        tasks: dict[asyncio.Task, Claimed] = {}
+        last_check = last_flush = 0.0
+        idle_until = 0.0
+        try:
+            while True:
+                now = loop.time()
+                if now - last_check >= CHECK_EVERY:
+                    last_check = now
+                    await asyncio.to_thread(self.check_control)
+                if self.stop or self.page_fatal:
+                    break
+                if now >= deadline:
+                    # the next slice starts while this one finishes the sends it holds slots for,
+                    # so the page's slots keep being booked across the hand-over
+                    self.successor_sent = await asyncio.to_thread(self.send_successor)
+                    break
+                # the window counts every claimed delivery whose outcome is not yet written
+                room = settings.window - len(tasks) - len(self.late) - len(self.outcomes)
+                if room > 0 and now >= idle_until and self.booked_until - now < LOOKAHEAD:
+                    backlog = self.shared_backlog()
+                    if backlog >= LOOKAHEAD:  # others hold the next slots: come back when they are near
+                        idle_until = now + min(backlog - LOOKAHEAD / 2, CHECK_EVERY)
+                        continue
+                    claimed = await asyncio.to_thread(self.claim, min(room, self.claim_size()))
+                    if claimed:
+                        await self.schedule(claimed, adapter, tasks)
+                    elif not tasks:
+                        wait = await asyncio.to_thread(self.nothing_claimable)
+                        if self.stop:
+                            break
+                        idle_until = loop.time() + wait
+                    else:
+                        idle_until = loop.time() + 0.1
+                if self.outcomes and (len(self.outcomes) >= FLUSH_SIZE or now - last_flush >= FLUSH_EVERY):
+                    last_flush = now
+                    await self.flush()
+                if self.late:
+                    late, self.late = self.late, []
+                    await self.book(late, adapter, tasks)
+                if tasks:
+                    done, _ = await asyncio.wait(tasks, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        tasks.pop(task)
+                else:
+                    await asyncio.sleep(min(0.05, max(0.0, idle_until - loop.time())) or 0.01)
+        except Exception:
+            log.exception("campaign %s: the slice failed; giving back what it had not sent", self.campaign_id)
+            self.stop = self.stop or "error"
+        try:
+            await self.drain(tasks, adapter)
+            await self.flush()
+        finally:
+            await adapter.aclose()
+        if self.stop == "error":
+            return not self.successor_sent  # the next slice starts afresh
+        if self.reslots:
+            log.info("campaign %s: %s sends woke too late and took new slots", self.campaign_id, self.reslots)
+        self.after_slice()
+        return self.stop is None and self.page_fatal is None and not self.successor_sent
+
+    async def drain(self, tasks: dict[asyncio.Task, Claimed], adapter) -> None:
+        """Let the sends this slice holds slots for finish, still writing outcomes and watching for
+        pause or cancel; once the campaign stops, give back what has not started."""
+        loop = asyncio.get_running_loop()
+        last_check = loop.time()
+        while tasks or self.late:
+            if self.stop or self.page_fatal:
+                for task, item in tasks.items():
+                    if not item.started:
+                        task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                late, self.late = self.late, []
+                unsent = {item.id: item for item in [*tasks.values(), *late] if not item.started}
+                self.give_back(list(unsent.values()))
+                return
+            if self.late:
+                late, self.late = self.late, []
+                await self.book(late, adapter, tasks)
+            done, _ = await asyncio.wait(tasks, timeout=FLUSH_EVERY, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                tasks.pop(task)
+            await self.flush()
+            if loop.time() - last_check >= CHECK_EVERY:
+                last_check = loop.time()
+                await asyncio.to_thread(self.check_control)
+
+    def send_successor(self) -> bool:
+        """Enqueue this chain's next slice now; False when the broker cannot take it."""
+        try:
+            dispatch_campaign.send(self.campaign_id, self.tenant_id, self.generation, self.chain)
+        except WorkersUnreachable:
+            return False
+        return True
+
+    def shared_backlog(self) -> float:
+        try:
+            return self.limiter.backlog([limit.key for limit in self.limits])
+        except redis.RedisError:
+            return 0.0  # reserve() will wait for Redis
+
+    # ---- claiming
+
+    def check_control(self) -> None:
+        """Has the campaign been paused, cancelled or handed to a newer generation? (And say we live.)"""
+
+        def work():
+            row = db.session.execute(
+                select(Campaign.state, Campaign.dispatch_generation).where(Campaign.id == self.campaign_id)
+            ).first()
+            if time.monotonic() - self.last_heartbeat >= HEARTBEAT_EVERY and row is not None:
+                self.last_heartbeat = time.monotonic()
+                db.session.execute(
+                    update(Campaign)
+                    .where(Campaign.id == self.campaign_id, Campaign.dispatch_generation == self.generation)
+                    .values(heartbeat_at=utcnow())
+                    .execution_options(synchronize_session=False)
+                )
+            db.session.commit()
+            return row
+
+        row = with_db_retry(work, "checking the campaign")
+        if row is None:
+            self.stop = "gone"
+        elif row.state is CampaignState.CANCELLED:
+            self.stop = "cancelled"
+        elif row.state is not CampaignState.RUNNING:
+            self.stop = row.state.value
+        elif row.dispatch_generation != self.generation:
+            self.stop = "superseded"
+
+    def claim(self, wanted: int) -> list[Claimed]:
+        """Reserve quota and claim up to ``wanted`` due deliveries with a lease, committed before sending."""
+        loop_now = time.monotonic()
+        # The lease end doubles as this claim's token (to the microsecond): if the connection dies
+        # after the commit went through, the retry finds the rows it already holds instead of
+        # claiming others and leaving these to expire as unknown.
+        token = utcnow() + timedelta(
+            seconds=self.settings.lease_seconds, microseconds=random.randrange(1, 10**6)
+        )
+
+        def work() -> list[Claimed]:
+            now = utcnow()
+            day = quota_day(self.tenant_row, now)
+            rows = db.session.execute(
+                select(TABLE.c.id, TABLE.c.contact_id, TABLE.c.address, TABLE.c.attempts).where(
+                    TABLE.c.campaign_id == self.campaign_id,
+                    TABLE.c.state == DeliveryState.IN_FLIGHT.value,
+                    TABLE.c.lease_until == token,
+                )
+            ).all()
+            if not rows:
+                rows = self.claim_rows(now, day, wanted, token)
+            contacts = {}
+            contact_ids = [r.contact_id for r in rows if r.contact_id is not None]
+            if contact_ids:
+                contacts = {
+                    c.id: c
+                    for c in db.session.execute(select(*CONTACT_COLUMNS).where(Contact.id.in_(contact_ids)))
+                }
+            db.session.commit()
+            margin = min(20.0, self.settings.lease_seconds / 2)
+            deadline = loop_now + self.settings.lease_seconds - margin
+            return [
+                self.prepare(Claimed(r.id, r.address, r.attempts, day, deadline), contacts.get(r.contact_id))
+                for r in rows
+            ]
+
+        claimed = with_db_retry(work, f"campaign {self.campaign_id}: claiming")
+        if not claimed and self.quota_exhausted() and not self.tenant_has_sends_in_flight():
+            self.pause_for_quota()  # (while sends are in flight, some of the quota may come back)
+        return claimed
+
+    def claim_rows(self, now: datetime, day: date, wanted: int, token: datetime) -> list:
+        """Reserve quota, then lease up to that many due deliveries with ``token`` as their lease end."""
+        allowed = self.reserve_quota(day, wanted)
+        if allowed == 0:
+            return []
+        due = (
+            select(TABLE.c.id)
+            .where(
+                TABLE.c.campaign_id == self.campaign_id,
+                TABLE.c.state == DeliveryState.PENDING.value,
+                TABLE.c.due_at <= now,
+            )
+            .order_by(TABLE.c.due_at, TABLE.c.id)
+            .limit(allowed)
+            .with_for_update(skip_locked=True)
+            .cte("due")  # a CTE runs once; an IN (subquery) may be re-run per row and claim too many
+        )
+        rows = db.session.execute(
+            update(TABLE)
+            .where(TABLE.c.id == due.c.id, TABLE.c.state == DeliveryState.PENDING.value)
+            .values(state=DeliveryState.IN_FLIGHT.value, lease_until=token, attempts=TABLE.c.attempts + 1)
+            .returning(TABLE.c.id, TABLE.c.contact_id, TABLE.c.address, TABLE.c.attempts)
+        ).all()
+        if len(rows) < allowed:
+            self.add_usage(day, len(rows) - allowed)
+        return rows
+
+    def tenant_has_sends_in_flight(self) -> bool:
+        def work() -> bool:
+            found = db.session.scalar(
+                select(TABLE.c.id)
+                .where(TABLE.c.tenant_id == self.tenant_id, TABLE.c.state == DeliveryState.IN_FLIGHT.value)
+                .limit(1)
+            )
+            db.session.commit()
+            return found is not None
+
+        return with_db_retry(work, "looking for sends in flight")
+
+    def reserve_quota(self, day: date, wanted: int) -> int:
+        """Lock today's usage rows (tenant, then page) and add what may be sent; returns that."""
+        scopes = [("tenant", self.tenant_row.daily_message_quota)]
+        if self.page.daily_cap is not None:
+            scopes.append((f"page:{self.page.id}", self.page.daily_cap))
+        allowed = wanted
+        for scope, limit in scopes:
+            used = self._usage_row(scope, day)
+            allowed = min(allowed, max(0, limit - used))
+        if allowed:
+            self.add_usage(day, allowed)
+        return allowed
+
+    def _usage_row(self, scope: str, day: date) -> int:
+        usage = DailyUsage.__table__
+        key = and_(usage.c.tenant_id == self.tenant_id, usage.c.scope == scope, usage.c.day == day)
+        used = db.session.scalar(select(usage.c.used).where(key).with_for_update())
+        if used is None:
+            insert = insert_ignoring_conflicts(usage).values(
+                tenant_id=self.tenant_id, scope=scope, day=day, used=0
+            )
+            db.session.execute(insert)
+            used = db.session.scalar(select(usage.c.used).where(key).with_for_update()) or 0
+        return used
+
+    def add_usage(self, day: date, count: int) -> None:
+        if not count:
+            return
+        usage = DailyUsage.__table__
+        scopes = ["tenant"] + ([f"page:{self.page.id}"] if self.page.daily_cap is not None else [])
+        db.session.execute(
+            update(usage)
+            .where(usage.c.tenant_id == self.tenant_id, usage.c.scope.in_(scopes), usage.c.day == day)
+            .values(
+                used=func.max(usage.c.used + count, 0)
+                if db.engine.dialect.name == "sqlite"
+                else func.greatest(usage.c.used + count, 0)
+            )
+        )
+
+    def quota_exhausted(self) -> bool:
+        day = quota_day(self.tenant_row)
+
+        def remaining() -> bool:
+            usage = DailyUsage.__table__
+            rows = dict(
+                db.session.execute(
+                    select(usage.c.scope, usage.c.used).where(
+                        usage.c.tenant_id == self.tenant_id, usage.c.day == day
+                    )
+                ).all()
+            )
+            db.session.commit()
+            if rows.get("tenant", 0) >= self.tenant_row.daily_message_quota:
+                return True
+            return (
+                self.page.daily_cap is not None and rows.get(f"page:{self.page.id}", 0) >= self.page.daily_cap
+            )
+
+        return with_db_retry(remaining, "reading the quota")
+
+    def prepare(self, item: Claimed, contact: Any) -> Claimed:
+        """Render the message for one claimed delivery (or note why it cannot be sent)."""
+        if contact is not None and contact.opted_out:
+            item.problem = SendResult(Outcome.PERMANENT, code="opted_out", detail="the contact opted out")
+            return item
+        rendered = self.compiled.render(contact_variables(contact) if contact is not None else {})
+        if not rendered.ok:
+            reason = (
+                f"missing {', '.join(sorted(rendered.missing))}"
+                if rendered.missing
+                else rendered.too_long or str(rendered.problems[0])
+            )
+            code = "missing_variable" if rendered.missing else "render_error"
+            item.problem = SendResult(Outcome.PERMANENT, code=code, detail=reason[:500])
+            return item
+        template = None
+        if self.source.whatsapp_template:
+            template = TemplateRef(
+                self.source.whatsapp_template,
+                self.source.whatsapp_language or "en",
+                rendered.whatsapp_parameters,
+            )
+        item.message = OutgoingMessage(
+            reference=str(item.id),
+            recipient=item.address,
+            text=rendered.text,
+            subject=rendered.subject,
+            html=rendered.html,
+            media_url=self.source.media_url,
+            template=template,
+        )
+        return item
+
+    async def schedule(self, claimed: list[Claimed], adapter, tasks: dict[asyncio.Task, Claimed]) -> None:
+        """Give each sendable delivery a slot from the shared limiter and start its task."""
+        sendable = [item for item in claimed if item.problem is None]
+        for item in claimed:
+            if item.problem is not None:
+                self.record(item, item.problem)
+        if not sendable:
+            return
+        deadline = min(item.deadline for item in sendable)
+        if self.page.kind is ProviderKind.WHATSAPP:
+            addresses = [item.address for item in sendable]
+            waits = await self.redis_call(
+                lambda: self.limiter.pace_recipients(f"page:{self.page.id}", addresses, PAIR_INTERVAL),
+                "pacing recipients",
+                deadline,
+            )
+            if waits is None:
+                return self.give_back(sendable)
+            for item in sendable:
+                if waits.get(item.address, 0.0) > 0:
+                    self.release(item, due_in=waits[item.address])
+            sendable = [item for item in sendable if waits.get(item.address, 0.0) <= 0]
+            if not sendable:
+                return
+        await self.book(sendable, adapter, tasks)
+
+    async def book(self, sendable: list[Claimed], adapter, tasks: dict[asyncio.Task, Claimed]) -> None:
+        """Reserve consecutive send slots for these deliveries (one Redis call) and start their tasks."""
+        deadline = min(item.deadline for item in sendable)
+        limits = self.limits
+        reservation = await self.redis_call(
+            lambda: self.limiter.reserve(limits, len(sendable)), "reserving send slots", deadline
+        )
+        if reservation is None:
+            return self.give_back(sendable)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        delays = reservation.delays()
+        self.booked_until = max(self.booked_until, start + delays[-1])
+        for item, delay in zip(sendable, delays, strict=True):
+            task = loop.create_task(self.send_at(start + delay, item, adapter))
+            tasks[task] = item
+
+    def give_back(self, items: list[Claimed]) -> None:
+        cancelled = self.stop == "cancelled"
+        for item in items:
+            item.started = True
+            self.release(item, cancelled=cancelled)
+
+    async def send_at(self, at: float, item: Claimed, adapter) -> None:
+        """Wait for the slot, then send (unless the campaign stopped, the page cooled down or the lease
+        is running out: then the delivery is given back untouched).
+
+        A send that wakes up too late for its slot (a busy machine) takes a new slot instead: late
+        sends bunched with punctual ones would exceed the rate in some 1-second window.
+        """
+        loop = asyncio.get_running_loop()
+        delay = at - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        stopping = self.stop or self.page_fatal or self.throttled
+        if not stopping and loop.time() - at > self.max_lateness and item.reslots < MAX_RESLOTS:
+            item.reslots += 1
+            self.reslots += 1
+            self.late.append(item)  # the run loop books new slots for all late ones in one go
+            return
+        if self.stop or self.page_fatal or self.throttled or time.monotonic() > item.deadline:
+            self.give_back([item])
+            return
+        item.started = True
+        result = await adapter.send(item.message)
+        self.record(item, result)
+
+    # ---- outcomes
+
+    def release(self, item: Claimed, due_in: float = 0.0, cancelled: bool = False) -> None:
+        """Give a claimed delivery back untouched: its attempt and its quota are not spent."""
+        if cancelled:
+            self.outcomes.append(
+                Write(
+                    item.id,
+                    DeliveryState.CANCELLED,
+                    item.attempts - 1,
+                    error_text="cancelled",
+                    refund=item.day,
+                )
+            )
+            return
+        self.outcomes.append(
+            Write(
+                item.id,
+                DeliveryState.PENDING,
+                item.attempts - 1,
+                due_at=utcnow() + timedelta(seconds=due_in),
+                refund=item.day,
+            )
+        )
+
+    def record(self, item: Claimed, result: SendResult) -> None:
+        outcome = result.outcome
+        now = utcnow()
+        if outcome is Outcome.SENT:
+            self.outcomes.append(
+                Write(
+                    item.id, DeliveryState.SENT, item.attempts, provider_message_id=result.provider_message_id
+                )
+            )
+            self.recent_failures.append(False)
+            return
+        code, text = (result.code or "")[:50] or None, (result.detail or "")[:500] or None
+        if outcome is Outcome.THROTTLED:
+            if self.throttled is None or (result.retry_after or 0) > (self.throttled.retry_after or 0):
+                self.throttled = result
+            self.release_with_error(item, result.retry_after or 1.0, code, text)
+        elif outcome is Outcome.RECIPIENT_PACED:
+            self.release_with_error(item, result.retry_after or PAIR_INTERVAL, code, text)
+        elif outcome is Outcome.PAGE_FATAL:
+            self.page_fatal = self.page_fatal or result
+            self.release_with_error(item, 0.0, code, text)
+        elif outcome is Outcome.PERMANENT:
+            self.fail(item, code, text)
+        elif result.maybe_delivered and self.page.delivery_policy is not DeliveryPolicy.AT_LEAST_ONCE:
+            self.outcomes.append(
+                Write(
+                    item.id,
+                    DeliveryState.UNKNOWN,
+                    item.attempts,
+                    error_code=code,
+                    error_text=(f"may have been delivered: {text or 'no answer'}")[:500],
+                )
+            )
+        elif item.attempts >= self.max_attempts:
+            self.fail(item, code, f"gave up after {item.attempts} attempts: {text or 'no detail'}"[:500])
+        else:
+            backoff = self.settings.retry_base_seconds * 2 ** (item.attempts - 1) * random.uniform(0.5, 1.5)
+            wait = result.retry_after if result.retry_after is not None else min(300.0, backoff)
+            self.outcomes.append(
+                Write(
+                    item.id,
+                    DeliveryState.PENDING,
+                    item.attempts,
+                    due_at=now + timedelta(seconds=wait),
+                    error_code=code,
+                    error_text=text,
+                    refund=item.day,
+                )
+            )
+
+    def release_with_error(self, item: Claimed, due_in: float, code: str | None, text: str | None) -> None:
+        self.outcomes.append(
+            Write(
+                item.id,
+                DeliveryState.PENDING,
+                item.attempts - 1,
+                due_at=utcnow() + timedelta(seconds=due_in),
+                error_code=code,
+                error_text=text,
+                refund=item.day,
+            )
+        )
+
+    def fail(self, item: Claimed, code: str | None, text: str | None) -> None:
+        self.outcomes.append(
+            Write(
+                item.id,
+                DeliveryState.FAILED,
+                item.attempts,
+                error_code=code,
+                error_text=text,
+                refund=item.day,
+            )
+        )
+        self.recent_failures.append(True)
+
+    async def flush(self) -> None:
+        """Write every outcome recorded so far, off the event loop so sends keep their slots."""
+        if self.outcomes:
+            outcomes, self.outcomes = self.outcomes, []
+            await asyncio.to_thread(self.write, outcomes)
+
+    def write(self, outcomes: list[Write]) -> None:
+        """Write outcomes in one transaction (only rows still in flight), then act on what they say."""
+        now = utcnow()
+        rows = [
+            {
+                "b_id": o.id,
+                "b_state": o.state.value,
+                "b_attempts": o.attempts,
+                "b_due_at": o.due_at or now,
+                "b_provider_message_id": o.provider_message_id,
+                "b_error_code": o.error_code,
+                "b_error_text": o.error_text,
+                "b_sent_at": now if o.state is DeliveryState.SENT else None,
+            }
+            for o in outcomes
+        ]
+        statement = (
+            update(TABLE)
+            .where(TABLE.c.id == bindparam("b_id"), TABLE.c.state == DeliveryState.IN_FLIGHT.value)
+            .values(
+                state=bindparam("b_state"),
+                attempts=bindparam("b_attempts"),
+                due_at=bindparam("b_due_at"),
+                provider_message_id=bindparam("b_provider_message_id"),
+                error_code=bindparam("b_error_code"),
+                error_text=bindparam("b_error_text"),
+                sent_at=bindparam("b_sent_at"),
+                lease_until=None,
+            )
+        )
+
+        def work() -> None:
+            # only rows still in flight are written and refunded: after a lost commit acknowledgement
+            # the retry finds them written and gives nothing back twice
+            held = set(
+                db.session.scalars(
+                    select(TABLE.c.id)
+                    .where(
+                        TABLE.c.id.in_([o.id for o in outcomes]),
+                        TABLE.c.state == DeliveryState.IN_FLIGHT.value,
+                    )
+                    .with_for_update()
+                )
+            )
+            if not held:
+                db.session.commit()
+                return
+            db.session.connection().execute(statement, [row for row in rows if row["b_id"] in held])
+            refunds: dict[date, int] = {}
+            for o in outcomes:
+                if o.refund is not None and o.id in held:
+                    refunds[o.refund] = refunds.get(o.refund, 0) + 1
+            for day, count in refunds.items():
+                self.add_usage(day, -count)
+            db.session.commit()
+
+        with_db_retry(work, f"campaign {self.campaign_id}: recording outcomes")
+        self.after_flush()
+
+    def after_flush(self) -> None:
+        if self.throttled is not None:
+            self.cool_down(self.throttled)
+            self.throttled = None
+        if self.page_fatal is not None:
+            fatal, self.page_fatal = self.page_fatal, None
+            self.disable_page(fatal)
+        failures = self.recent_failures
+        if len(failures) >= ERROR_MIN_SAMPLE and sum(failures) / len(failures) >= self.error_threshold:
+            share = sum(failures) / len(failures)
+            pause_campaigns(
+                [self.campaign_id],
+                PauseReason.ERROR_THRESHOLD,
+                detail=f"{share:.0%} of the last {len(failures)} sends failed",
+            )
+            self.stop = "paused"
+        self.emit_progress()
+
+    def cool_down(self, result: SendResult) -> None:
+        wait = result.retry_after or 1.0
+        key = f"page:{self.page.id}"
+        try:
+            self.limiter.cool_down(key, wait)
+            # sends already under way when the provider first objects get throttled too: halve the
+            # rate once per settling period, not once per throttled send
+            gate = f"{current_app.config['REDIS_PREFIX']}:slowed:{key}"
+            if redis_client().set(gate, b"1", nx=True, px=int(THROTTLE_SETTLE * 1000)):
+                self.limiter.slow_down(key, *THROTTLE_SLOWDOWN)
+        except redis.RedisError:
+            log.warning("page %s: could not record the throttle in Redis", self.page.id)
+        if wait > LONG_THROTTLE:
+            until = utcnow() + timedelta(seconds=wait)
+
+            def work() -> None:
+                page = db.session.get(Page, self.page.id)
+                page.state, page.throttled_until = PageState.THROTTLED, until
+                db.session.commit()
+
+            with_db_retry(work, "marking the page throttled")
+            pause_campaigns(
+                running_campaigns_of(self.page.id),
+                PauseReason.PAGE_THROTTLED,
+                resume_at=until,
+                detail=f"{result.code or ''} {result.detail or ''}".strip()[:500],
+            )
+
+    def disable_page(self, result: SendResult) -> None:
+        reason = f"The provider refused the page: {result.code or ''} {result.detail or ''}".strip()[:500]
+
+        def work() -> None:
+            page = db.session.get(Page, self.page.id)
+            page.state, page.disabled_reason = PageState.DISABLED, reason
+            db.session.commit()
+
+        with_db_retry(work, "disabling the page")
+        pause_campaigns(running_campaigns_of(self.page.id), PauseReason.PAGE_FAILING, detail=reason)
+        self.stop = "paused"
+
+    def nothing_claimable(self) -> float:
+        """Nothing was claimable: complete the campaign, or say how long to wait for the next due one."""
+
+        def work() -> tuple[int, int, datetime | None]:
+            counts = db.session.execute(
+                select(
+                    func.count().filter(TABLE.c.state == DeliveryState.PENDING.value),
+                    func.count().filter(TABLE.c.state == DeliveryState.IN_FLIGHT.value),
+                    func.min(TABLE.c.due_at).filter(TABLE.c.state == DeliveryState.PENDING.value),
+                ).where(
+                    TABLE.c.campaign_id == self.campaign_id,
+                    TABLE.c.state.in_([DeliveryState.PENDING.value, DeliveryState.IN_FLIGHT.value]),
+                )
+            ).one()
+            db.session.commit()
+            return counts[0], counts[1], counts[2]
+
+        pending, in_flight, next_due = with_db_retry(work, "looking for work")
+        if self.stop:
+            return 0.0
+        if pending == 0 and in_flight == 0:
+            complete_campaign(self.campaign_id)
+            self.stop = "completed"
+            return 0.0
+        if pending and next_due is not None:
+            return max(0.05, min(1.0, (next_due - utcnow()).total_seconds()))
+        return 0.25
+
+    def pause_for_quota(self) -> None:
+        resume_at = next_midnight(self.tenant_row)
+        pause_campaigns(
+            [self.campaign_id],
+            PauseReason.QUOTA,
+            resume_at=resume_at,
+            detail=f"resumes by itself at midnight ({self.tenant_row.timezone})",
+        )
+        self.stop = "paused"
+
+    def emit_progress(self) -> None:
+        emit_progress(self.campaign_id, self.tenant_id)
+
+    def after_slice(self) -> None:
+        if self.stop == "completed":
+            return
+        # once stopped, the last word must get through the rate gate: browsers show it until the next change
+        emit_progress(self.campaign_id, self.tenant_id, force=self.stop is not None)
+
+
+# --------------------------------------------------------------------------- campaign-wide changes
+
+
+def running_campaigns_of(page_id: int) -> list[int]:
+    return list(
+        db.session.scalars(
+            select(Campaign.id).where(Campaign.page_id == page_id, Campaign.state == CampaignState.RUNNING)
+        )
+    )
+
+
+def _move_running(campaign_ids: list[int], event: str, what: str, **values: Any) -> list[int]:
+    """Move those of ``campaign_ids`` still running (race-safe), tell their browsers; the ids moved."""
+    if not campaign_ids:
+        return []
+
+    def work() -> list[int]:
+        moved = list(
+            db.session.scalars(
+                update(Campaign)
+                .where(Campaign.id.in_(campaign_ids), Campaign.state == CampaignState.RUNNING)
+                .values(**values)
+                .returning(Campaign.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        db.session.commit()
+        return moved
+
+    moved = with_db_retry(work, what)
+    for campaign_id in moved:
+        emit_state(campaign_id, event)
+    return moved
+
+
+def pause_campaigns(
+    campaign_ids: list[int], reason: PauseReason, resume_at: datetime | None = None, detail: str | None = None
+) -> list[int]:
+    """Pause those still running; returns the ids paused."""
+    return _move_running(
+        campaign_ids,
+        "campaign:paused",
+        "pausing campaigns",
+        state=CampaignState.PAUSED,
+        paused_reason=reason,
+        resume_at=resume_at,
+        state_detail=detail,
+    )
+
+
+def complete_campaign(campaign_id: int) -> bool:
+    return bool(
+        _move_running(
+            [campaign_id],
+            "campaign:completed",
+            "completing the campaign",
+            state=CampaignState.COMPLETED,
+            finished_at=utcnow(),
+            paused_reason=None,
+        )
+    )
+
+
+def fail_campaign(campaign_id: int, detail: str) -> None:
+    _move_running(
+        [campaign_id],
+        "campaign:failed",
+        "failing the campaign",
+        state=CampaignState.FAILED,
+        finished_at=utcnow(),
+        state_detail=detail[:500],
+    )
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def campaign_summary(campaign_id: int) -> dict[str, Any] | None:
+    campaign = db.session.get(Campaign, campaign_id)
+    if campaign is None:
+        return None
+    db.session.refresh(campaign)
+    return summary(campaign)
+
+
+def _rate_and_eta(campaign_id: int, data: dict[str, Any]) -> None:
+    """Add the current rate (messages/s over the last few seconds) and the ETA, from samples in Redis."""
+    client = redis_client()
+    key = f"{current_app.config['REDIS_PREFIX']}:progress:{campaign_id}:samples"
+    now = time.time()
+    processed = data["processed"]
+    pipe = client.pipeline()
+    pipe.rpush(key, f"{now:.3f}:{processed}")
+    pipe.ltrim(key, -20, -1)
+    pipe.expire(key, 600)
+    pipe.lrange(key, 0, -1)
+    samples = [tuple(map(float, s.decode().split(":"))) for s in pipe.execute()[-1]]
+    recent = [s for s in samples if now - s[0] <= 5.0] or samples[-1:]
+    first = recent[0]
+    elapsed = now - first[0]
+    rate = (processed - first[1]) / elapsed if elapsed >= 0.3 else 0.0
+    data["rate"] = round(max(rate, 0.0), 1)
+    remaining = data["pending"] + data["in_flight"]
+    data["eta_seconds"] = round(remaining / rate) if rate > 0 and data["state"] == "running" else None
+
+
+def emit_progress(campaign_id: int, tenant_id: int, force: bool = False) -> None:
+    """``campaign:progress`` to the tenant's and the campaign's rooms, at most a few times a second."""
+    try:
+        client = redis_client()
+        key = f"{current_app.config['REDIS_PREFIX']}:progress:{campaign_id}:gate"
+        if not force and not client.set(key, b"1", nx=True, px=PROGRESS_EVERY_MS):
+            return
+        data = campaign_summary(campaign_id)
+        db.session.commit()
+        if data is None:
+            return
+        _rate_and_eta(campaign_id, data)
+        emit_campaign_event(tenant_id, campaign_id, "campaign:progress", data)
+    except (redis.RedisError, OSError) as exc:
+        log.info("campaign %s: progress not sent (%s)", campaign_id, exc.__class__.__name__)
+
+
+def emit_state(campaign_id: int, event: str) -> None:
+    """A state change event (started, paused, completed, failed) with the summary."""
+    try:
+        data = campaign_summary(campaign_id)
+        db.session.commit()
+        if data is None:
+            return
+        campaign = db.session.get(Campaign, campaign_id)
+        emit_campaign_event(campaign.tenant_id, campaign_id, event, data)
+    except (redis.RedisError, OSError) as exc:
+        log.info("campaign %s: %s not sent (%s)", campaign_id, event, exc.__class__.__name__)
+
+
+__all__ = [
+    "DispatchSettings",
+    "complete_campaign",
+    "dispatch_campaign",
+    "emit_progress",
+    "emit_state",
+    "launch",
+    "launch_quietly",
+    "pause_campaigns",
+    "redis_client",
+]

@@ -1,0 +1,249 @@
+"""The sweeper: periodic repairs that keep campaigns moving whatever process died.
+
+Every ``SWEEP_SECONDS`` it starts due scheduled campaigns, resumes quota- and throttle-paused
+ones whose time has come, resolves expired leases (``unknown``, or back to ``pending`` for
+at-least-once pages), relaunches dispatch for running campaigns whose chains went quiet, and
+processes stored callbacks and receipts nobody has handled. It runs as a thread inside every
+worker process (no extra process); on PostgreSQL an advisory lock lets one sweep at a time.
+It never relies on the broker redelivering a lost message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+import dramatiq
+from flask import Flask, current_app
+from sqlalchemy import and_, func, or_, select, text, update
+
+from tasks.dispatch import emit_state, launch_quietly
+from tasks.receipts import apply_inbound, apply_receipts, process_webhook_event
+from tenants import campaigns
+from tenants.campaigns import Campaign, CampaignError, CampaignState, Delivery, DeliveryState, PauseReason
+from tenants.db import db, utcnow
+from tenants.events import InboundMessage, Receipt, WebhookEvent
+from tenants.pages import DeliveryPolicy, Page
+from tenants.scoping import all_tenants, tenant
+
+log = logging.getLogger(__name__)
+SWEEP_LOCK = 0x43524945  # "CRIE": the advisory lock one sweeper holds while it sweeps
+STALE_CALLBACK_SECONDS = 10
+
+
+def sweep() -> dict[str, int]:
+    """One pass; returns what it did. Runs inside an app context."""
+    done: dict[str, int] = {}
+    with all_tenants(db.session):
+        if db.engine.dialect.name == "postgresql" and not db.session.scalar(
+            text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SWEEP_LOCK}
+        ):
+            db.session.rollback()
+            return {"skipped": 1}
+        done["leases"] = resolve_expired_leases()
+        done["started"] = start_due_campaigns()
+        done["resumed"] = resume_due_campaigns()
+        done["relaunched"] = relaunch_stale_campaigns()
+        done["callbacks"] = process_stale_callbacks()
+        done["receipts"] = apply_late_receipts()
+        db.session.commit()
+    return done
+
+
+def resolve_expired_leases() -> int:
+    """A delivery whose lease ran out while it was being sent: ``unknown`` (never silently re-sent),
+    or back to ``pending`` when its page is set to at-least-once."""
+    now = utcnow()
+    table = Delivery.__table__
+    at_least_once = (
+        select(Campaign.id)
+        .join(Page, Page.id == Campaign.page_id)
+        .where(Page.delivery_policy == DeliveryPolicy.AT_LEAST_ONCE)
+    )
+    expired = and_(table.c.state == DeliveryState.IN_FLIGHT.value, table.c.lease_until < now)
+    retried = db.session.execute(
+        update(table)
+        .where(expired, table.c.campaign_id.in_(at_least_once))
+        .values(state=DeliveryState.PENDING.value, due_at=now, lease_until=None)
+    ).rowcount
+    unknown = db.session.execute(
+        update(table)
+        .where(expired)
+        .values(
+            state=DeliveryState.UNKNOWN.value,
+            lease_until=None,
+            error_code="lease_expired",
+            error_text="the worker stopped while sending: it may or may not have been delivered",
+        )
+    ).rowcount
+    db.session.commit()
+    if retried or unknown:
+        log.warning("sweeper: %s expired leases became unknown, %s went back to pending", unknown, retried)
+    return retried + unknown
+
+
+def _each_campaign(condition, act) -> int:
+    count = 0
+    for campaign_id, tenant_id in db.session.execute(
+        select(Campaign.id, Campaign.tenant_id).where(condition)
+    ).all():
+        with tenant(db.session, tenant_id):
+            try:
+                campaign = db.session.get(Campaign, campaign_id)
+                if campaign is not None and act(campaign):
+                    count += 1
+            except CampaignError as exc:
+                db.session.rollback()
+                _fail(campaign_id, str(exc))
+            except Exception:
+                db.session.rollback()
+                log.exception("sweeper: campaign %s", campaign_id)
+    return count
+
+
+def _fail(campaign_id: int, detail: str) -> None:
+    db.session.execute(
+        update(Campaign)
+        .where(
+            Campaign.id == campaign_id, Campaign.state.in_([CampaignState.SCHEDULED, CampaignState.PAUSED])
+        )
+        .values(state=CampaignState.FAILED, state_detail=detail[:500], finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    emit_state(campaign_id, "campaign:failed")
+
+
+def start_due_campaigns() -> int:
+    def act(campaign: Campaign) -> bool:
+        if campaigns.start(campaign, due_only=True):
+            launch_quietly(campaign)
+            emit_state(campaign.id, "campaign:started")
+        return True
+
+    due = and_(Campaign.state == CampaignState.SCHEDULED, Campaign.scheduled_at <= utcnow())
+    return _each_campaign(due, act)
+
+
+def resume_due_campaigns() -> int:
+    """Quota pauses end when the tenant's day rolls over, throttle pauses when the cool-down ends."""
+
+    def act(campaign: Campaign) -> bool:
+        campaigns.resume(campaign)
+        launch_quietly(campaign)
+        emit_state(campaign.id, "campaign:started")
+        return True
+
+    due = and_(
+        Campaign.state == CampaignState.PAUSED,
+        Campaign.paused_reason.in_([PauseReason.QUOTA, PauseReason.PAGE_THROTTLED]),
+        Campaign.resume_at <= utcnow(),
+    )
+    return _each_campaign(due, act)
+
+
+def relaunch_stale_campaigns() -> int:
+    """Running campaigns whose dispatch went quiet get a new generation of chains."""
+    stale_before = utcnow() - timedelta(seconds=current_app.config["STALE_DISPATCH_SECONDS"])
+    quiet = and_(
+        Campaign.state == CampaignState.RUNNING,
+        func.coalesce(Campaign.heartbeat_at, Campaign.updated_at) < stale_before,
+    )
+
+    def act(campaign: Campaign) -> bool:
+        generation = campaign.dispatch_generation
+        moved = db.session.execute(
+            update(Campaign)
+            .where(
+                Campaign.id == campaign.id,
+                Campaign.dispatch_generation == generation,
+                Campaign.state == CampaignState.RUNNING,
+            )
+            .values(dispatch_generation=generation + 1, heartbeat_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        db.session.commit()
+        if not moved:
+            return False
+        db.session.refresh(campaign)
+        problem = launch_quietly(campaign)
+        if problem:
+            log.warning("sweeper: campaign %s not relaunched: %s", campaign.id, problem)
+            db.session.execute(
+                update(Campaign)
+                .where(Campaign.id == campaign.id)
+                .values(heartbeat_at=None)
+                .execution_options(synchronize_session=False)
+            )
+            db.session.commit()
+            return False
+        log.warning("sweeper: campaign %s had no live dispatch; relaunched", campaign.id)
+        return True
+
+    return _each_campaign(quiet, act)
+
+
+def process_stale_callbacks() -> int:
+    """Stored callbacks nobody processed (the broker lost the message, or was down)."""
+    before = utcnow() - timedelta(seconds=STALE_CALLBACK_SECONDS)
+    ids = db.session.scalars(
+        select(WebhookEvent.id)
+        .where(WebhookEvent.processed_at.is_(None), WebhookEvent.received_at < before)
+        .order_by(WebhookEvent.id)
+        .limit(500)
+    ).all()
+    db.session.commit()
+    for event_id in ids:
+        try:
+            process_webhook_event(event_id)
+        except Exception:
+            db.session.rollback()
+            log.exception("sweeper: callback %s", event_id)
+    return len(ids)
+
+
+def apply_late_receipts() -> int:
+    """Receipts that arrived before their delivery's outcome was written, tried again."""
+    tenants = db.session.scalars(
+        select(Receipt.tenant_id)
+        .where(Receipt.applied_at.is_(None))
+        .distinct()
+        .union(select(InboundMessage.tenant_id).where(InboundMessage.applied_at.is_(None)).distinct())
+    ).all()
+    db.session.commit()
+    applied = 0
+    for tenant_id in tenants:
+        with tenant(db.session, tenant_id):
+            applied += apply_receipts() + apply_inbound()
+    return applied
+
+
+class SweeperMiddleware(dramatiq.Middleware):
+    """Runs :func:`sweep` every ``SWEEP_SECONDS`` in a thread of each worker process."""
+
+    def __init__(self, app: Flask):
+        self.app = app
+        self.stopping = threading.Event()
+
+    def after_worker_boot(self, broker, worker) -> None:
+        if self.app.config["SWEEP_SECONDS"] > 0:
+            threading.Thread(target=self.loop, name="crier-sweeper", daemon=True).start()
+
+    def before_worker_shutdown(self, broker, worker) -> None:
+        self.stopping.set()
+
+    def loop(self) -> None:
+        interval = float(self.app.config["SWEEP_SECONDS"])
+        while not self.stopping.wait(interval):
+            with self.app.app_context():
+                try:
+                    sweep()
+                except Exception:
+                    log.exception("sweeper: pass failed")
+                finally:
+                    db.session.rollback()
+                    db.session.remove()
+
+
+__all__ = ["SweeperMiddleware", "or_", "sweep"]

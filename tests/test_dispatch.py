@@ -1,0 +1,239 @@
+"""The campaign engine with real workers, the sandbox, PostgreSQL and Redis: pace, quota, control, faults."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+
+from tenants.campaigns import ACCEPTED_STATES, DeliveryState
+from tenants.pages import DeliveryPolicy
+from tests.engine import EngineRun, max_in_window
+
+TERMINAL = {"sent", "delivered", "read", "failed", "unknown"}
+
+
+@pytest.fixture
+def engine(sandbox):
+    run = EngineRun(sandbox)
+    run.configure(callbacks=False)
+    yield run
+    run.close()
+
+
+def _no_duplicates(engine: EngineRun) -> list[dict]:
+    ledger = engine.ledger()
+    twice = [ref for ref, n in Counter(e["reference"] for e in ledger).items() if n > 1]
+    assert not twice, f"sent twice: {twice[:10]}"
+    assert engine.stats()["duplicates"] == 0
+    return ledger
+
+
+def test_a_campaign_sends_every_recipient_once_with_their_own_text(engine):
+    tenant_id, page_id, list_id = engine.setup(contacts=300)
+    campaign_id = engine.campaign(tenant_id, page_id, list_id, "Hi {{first_name}} from {{city}}")
+    engine.worker()
+    engine.start(tenant_id, campaign_id)
+
+    done = engine.wait(tenant_id, campaign_id)
+
+    assert (done["total"], done["sent"], done["failed"], done["percent"]) == (300, 300, 0, 100.0)
+    ledger = _no_duplicates(engine)
+    assert len(ledger) == 300
+    deliveries = {str(d.id): d for d in engine.deliveries(tenant_id, campaign_id)}
+    for entry in ledger[:20]:
+        delivery = deliveries[entry["reference"]]
+        assert entry["recipient"].lstrip("+") == delivery.address.lstrip("+")
+        assert delivery.provider_message_id and delivery.sent_at is not None
+    assert all(d.state in ACCEPTED_STATES for d in deliveries.values())
+
+
+def test_two_workers_on_one_page_keep_to_its_rate(engine):
+    rate = 50
+    tenant_id, page_id, list_id = engine.setup(contacts=650, rate=rate)
+    campaign_id = engine.campaign(tenant_id, page_id, list_id)
+    engine.worker("engine-worker-a")
+    engine.worker("engine-worker-b")
+    engine.start(tenant_id, campaign_id)
+
+    engine.wait(tenant_id, campaign_id, timeout=60)
+
+    times = sorted(e["at"] for e in _no_duplicates(engine))
+    assert len(times) == 650
+    assert max_in_window(times) <= rate + max(1, int(rate * 0.05))
+    steady = times[len(times) // 10 : -len(times) // 10]  # the middle 80%, as bench/campaign_engine.py
+    achieved = (len(steady) - 1) / (steady[-1] - steady[0])
+    assert achieved >= 0.95 * rate, f"achieved {achieved:.1f}/s"
+
+
+def test_the_daily_quota_is_never_exceeded_by_two_campaigns(engine):
+    tenant_id, page_id, list_id = engine.setup(contacts=800, quota=1000)
+    first = engine.campaign(tenant_id, page_id, list_id)
+    second = engine.campaign(tenant_id, page_id, list_id)
+    engine.worker()
+    engine.start(tenant_id, first)
+    engine.start(tenant_id, second)
+
+    ends = [engine.wait(tenant_id, c, ("completed", "paused"), timeout=40) for c in (first, second)]
+    time.sleep(1.5)  # anything still wrongly going would show now
+
+    assert sum(end["sent"] for end in ends) == 1000
+    assert engine.stats()["accepted"] == 1000
+    paused = [end for end in ends if end["state"] == "paused"]
+    assert paused and all(end["paused_reason"] == "quota" and end["resume_at"] for end in paused)
+    assert sum(end["pending"] for end in ends) == 600
+
+
+def test_pause_stops_sending_within_a_second_and_resume_carries_on(engine):
+    tenant_id, page_id, list_id = engine.setup(contacts=400, rate=100)
+    campaign_id = engine.campaign(tenant_id, page_id, list_id)
+    engine.worker()
+    engine.start(tenant_id, campaign_id)
+    engine.wait_for(lambda: engine.stats()["accepted"] >= 50, 20, "sending")
+
+    engine.act(tenant_id, campaign_id, "pause")
+    paused_at = time.time()
+    time.sleep(2)
+
+    late = [e for e in engine.ledger() if e["at"] > paused_at + 1.0]
+    assert late == [], f"{len(late)} messages sent more than 1 s after the pause"
+    held = engine.status(tenant_id, campaign_id)
+    assert held["state"] == "paused" and held["in_flight"] == 0 and held["pending"] > 0
+
+    engine.act(tenant_id, campaign_id, "resume")
+    done = engine.wait(tenant_id, campaign_id, timeout=30)
+    assert done["sent"] == 400
+    assert len(_no_duplicates(engine)) == 400
+
+
+def test_cancel_leaves_every_unsent_delivery_cancelled(engine):
+    tenant_id, page_id, list_id = engine.setup(contacts=400, rate=100)
+    campaign_id = engine.campaign(tenant_id, page_id, list_id)
+    engine.worker()
+    engine.start(tenant_id, campaign_id)
+    engine.wait_for(lambda: engine.stats()["accepted"] >= 50, 20, "sending")
+
+    engine.act(tenant_id, campaign_id, "cancel")
+    time.sleep(2)
+
+    states = engine.states(tenant_id, campaign_id)
+    accepted = engine.stats()["accepted"]
+    assert states.get("pending", 0) == 0 and states.get("in_flight", 0) == 0
+    assert states["sent"] == accepted and states["cancelled"] == 400 - accepted
+    assert engine.status(tenant_id, campaign_id)["state"] == "cancelled"
+
+
+def test_throttling_transient_errors_and_slow_answers_lose_nobody(engine):
+    rate = 40
+    tenant_id, page_id, list_id = engine.setup(contacts=300, rate=rate)
+    engine.configure(rate_limit=rate / 2, transient_share=0.1, hang_share=0.03, hang_seconds=2.0)
+    campaign_id = engine.campaign(tenant_id, page_id, list_id)
+    engine.worker()
+    engine.start(tenant_id, campaign_id)
+
+    done = engine.wait(tenant_id, campaign_id, timeout=90)
+
+    deliveries = engine.deliveries(tenant_id, campaign_id)
+    assert len(deliveries) == 300
+    assert {d.state.value for d in deliveries} <= {"sent", "failed"}
+    for delivery in deliveries:
+        if delivery.state is DeliveryState.FAILED:
+            assert delivery.error_text, "a failure without a reason"
+    stats = engine.stats()
+    assert stats["rejected"]["throttled"] > 0, "the sandbox never throttled: the test proves nothing"
+    assert stats["rejected"]["transient"] > 0
+    assert done["sent"] == stats["accepted"] == len(_no_duplicates(engine))
+
+
+def test_a_page_the_provider_refuses_is_disabled_and_its_campaign_paused(engine):
+    from tenants.db import db
+    from tenants.pages import Page
+    from tenants.scoping import tenant
+
+    tenant_id, page_id, list_id = engine.setup(contacts=50, rate=100)
+    campaign_id = engine.campaign(tenant_id, page_id, list_id)
+    with tenant(db.session, tenant_id):
+        page = db.session.get(Page, page_id)
+        page.credentials = {**page.credentials, "access_token": "expired-token-1"}  # the sandbox says 190/463
+        db.session.commit()
+    engine.worker()
+    engine.start(tenant_id, campaign_id)
+
+    paused = engine.wait(tenant_id, campaign_id, ("paused", "completed"), timeout=30)
+
+    assert paused["state"] == "paused" and paused["paused_reason"] == "page_failing"
+    with tenant(db.session, tenant_id):
+        page = db.session.get(Page, page_id)
+        assert page.state.value == "disabled" and "190" in page.disabled_reason
+    time.sleep(1)
+    assert engine.states(tenant_id, campaign_id) == {"pending": 50}, "a refused page must not spend anyone"
+    assert engine.stats()["accepted"] == 0
+
+
+def test_at_least_once_pages_send_again_what_a_dead_worker_left(engine):
+    tenant_id, page_id, list_id = engine.setup(contacts=200, rate=200, policy=DeliveryPolicy.AT_LEAST_ONCE)
+    campaign_id = engine.campaign(tenant_id, page_id, list_id)
+    engine.configure(latency_ms=300)
+    worker = engine.worker()
+    engine.start(tenant_id, campaign_id)
+    engine.wait_for(lambda: engine.stats()["accepted"] >= 20, 20, "sending")
+    engine.kill(worker)
+    engine.configure(latency_ms=0)
+    engine.worker()
+
+    done = engine.wait(tenant_id, campaign_id, timeout=60)
+
+    assert done["sent"] == 200 and done["unknown"] == 0
+    assert {e["reference"] for e in engine.ledger()} == {
+        str(d.id) for d in engine.deliveries(tenant_id, campaign_id)
+    }
+
+
+def test_a_small_campaign_is_not_starved_by_a_big_one(engine):
+    big_tenant, big_page, big_list = engine.setup(contacts=4000, rate=400, email="big@engine.example")
+    small_tenant, small_page, small_list = engine.setup(contacts=100, rate=400, email="small@engine.example")
+    big = engine.campaign(big_tenant, big_page, big_list)
+    small = engine.campaign(small_tenant, small_page, small_list)
+    engine.worker(threads=2)
+    engine.start(big_tenant, big)
+    engine.wait_for(lambda: engine.stats()["accepted"] >= 200, 20, "the big campaign sending")
+
+    engine.start(small_tenant, small)
+    engine.wait(small_tenant, small, timeout=20)
+
+    big_now = engine.status(big_tenant, big)
+    assert big_now["state"] == "running" and big_now["pending"] > 1000, "the small one waited for the big one"
+
+
+def test_a_dispatch_message_delivered_several_times_sends_nobody_twice(engine):
+    from tasks.dispatch import dispatch_campaign
+
+    tenant_id, page_id, list_id = engine.setup(contacts=600, rate=600)
+    campaign_id = engine.campaign(tenant_id, page_id, list_id)
+    engine.worker()
+    engine.start(tenant_id, campaign_id)
+    for _ in range(4):  # the broker redelivers: the same chain's message arrives again and again
+        dispatch_campaign.send(campaign_id, tenant_id, 0, 0)
+        dispatch_campaign.send(campaign_id, tenant_id, 0, 1)
+
+    done = engine.wait(tenant_id, campaign_id, timeout=30)
+
+    assert done["sent"] == 600
+    assert len(_no_duplicates(engine)) == 600
+
+
+def test_a_campaign_whose_sends_keep_failing_pauses_itself(engine):
+    tenant_id, page_id, list_id = engine.setup(contacts=300, rate=200)
+    engine.configure(permanent_suffixes=["1"])  # every demo number ends in 1: the provider refuses them all
+    campaign_id = engine.campaign(tenant_id, page_id, list_id)
+    engine.worker()
+    engine.start(tenant_id, campaign_id)
+
+    paused = engine.wait(tenant_id, campaign_id, ("paused", "completed"), timeout=30)
+
+    assert paused["state"] == "paused" and paused["paused_reason"] == "error_threshold"
+    assert "failed" in paused["detail"]
+    assert 20 <= paused["failed"] < 300, "it should stop soon after the failures start, not at the end"
+    failed = [d for d in engine.deliveries(tenant_id, campaign_id) if d.state is DeliveryState.FAILED]
+    assert failed and all(d.error_code and d.error_text for d in failed)
