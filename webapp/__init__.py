@@ -20,6 +20,7 @@ from tenants.db import db
 from webapp import (
     assets,
     auth,
+    campaigns,
     contacts,
     dashboard,
     errors,
@@ -78,6 +79,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         imports,
         segments,
         message_templates,
+        campaigns,
         webhooks,
         health,
         assets,

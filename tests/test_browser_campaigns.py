@@ -1,0 +1,160 @@
+"""A campaign in a real browser: write it, start it, watch it finish live, pause and resume a copy."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+from sqlalchemy import insert, select
+
+from tenants.contacts import Contact, ContactList, ContactListMember
+from tenants.db import db
+from tenants.scoping import all_tenants, tenant
+from tests.conftest import ARTIFACTS, PASSWORD
+from tests.factories import tenant_named
+
+CHROMIUM = os.environ.get("CRIER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
+RECIPIENTS = 300
+SENT_COUNT = "() => Number(document.querySelector('[data-count=sent]')?.textContent.replace(/,/g, '') || 0)"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.on("dialog", lambda dialog: dialog.accept())
+    yield page
+    if getattr(request.node, "failed", False):
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+
+
+def _add_contacts(app, workspace: str) -> None:
+    """RECIPIENTS contacts on the list "Launch list" (phones the sandbox accepts)."""
+    with app.app_context(), all_tenants(db.session):
+        tenant_id = tenant_named(workspace).id
+    with app.app_context(), tenant(db.session, tenant_id):
+        launch = ContactList(name="Launch list")
+        db.session.add(launch)
+        db.session.flush()
+        db.session.execute(
+            insert(Contact),
+            [
+                {"tenant_id": tenant_id, "phone": f"+5511962{n:04d}1", "first_name": f"Person{n}"}
+                for n in range(RECIPIENTS)
+            ],
+        )
+        ids = db.session.scalars(select(Contact.id)).all()
+        db.session.execute(
+            insert(ContactListMember),
+            [{"tenant_id": tenant_id, "list_id": launch.id, "contact_id": i} for i in ids],
+        )
+        db.session.commit()
+
+
+def _sandbox_tally(sandbox) -> tuple[int, int]:
+    stats = httpx.get(f"{sandbox.url}/_sandbox/stats", timeout=5).json()
+    return stats["accepted"], stats["duplicates"]
+
+
+def _sign_up_and_connect_a_sandbox_page(page: Page, live_server: str) -> None:
+    page.goto(f"{live_server}/signup")
+    page.get_by_label("Workspace name").fill("Launch Co")
+    page.get_by_label("Email").fill("launch@acme.example")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Create workspace").click()
+    page.get_by_role("link", name="Pages", exact=True).click()
+    page.get_by_role("button", name="WhatsApp Cloud API").click()
+    page.get_by_label("Name").fill("Sandbox WhatsApp")
+    page.get_by_label("Send through the built-in sandbox").check()
+    page.get_by_label("Phone number ID").fill("109876543210077")
+    page.get_by_label("Access token").fill("launch-token-0123456789")
+    page.get_by_label("App secret").fill("launch-app-secret")
+    page.get_by_label("Webhook verify token").fill("launch-verify")
+    page.get_by_label("Send rate (messages per second)").fill("100")
+    page.get_by_role("button", name="Connect page").click()
+    expect(page.get_by_text("Page Sandbox WhatsApp connected.")).to_be_visible()
+
+
+def test_start_a_campaign_watch_it_complete_live_then_pause_and_resume_a_copy(
+    app, live_server, worker_process, sandbox, page
+):
+    _sign_up_and_connect_a_sandbox_page(page, live_server)
+    _add_contacts(app, "Launch Co")
+
+    page.get_by_role("link", name="Campaigns").click()
+    expect(page.get_by_text("No campaigns yet.")).to_be_visible()
+    page.get_by_role("button", name="New campaign").click()
+    page.get_by_label("Name").fill("Launch day")
+    page.get_by_label("Send through").select_option(label="Sandbox WhatsApp (WhatsApp Cloud API)")
+    page.get_by_label("Message", exact=True).fill("Hi {{firstName}}, we launched!")
+    page.get_by_label("Lists").select_option(label="Launch list")
+    expect(page.get_by_test_id("audience-count")).to_contain_text(
+        f"{RECIPIENTS} will receive it; excluded: 0 opted out"
+    )
+    page.screenshot(path=str(ARTIFACTS / "campaign-editor.png"), full_page=True)
+    page.get_by_role("button", name="Save campaign").click()
+    expect(page.get_by_text("Campaign Launch day saved as a draft.")).to_be_visible()
+    expect(page.get_by_test_id("campaign-state")).to_have_text("draft")
+    expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+
+    page.evaluate("window.stillTheSamePage = true")
+    page.get_by_role("button", name="Start now").click()
+    expect(page.get_by_test_id("action-notice")).to_contain_text(f"started: {RECIPIENTS} recipients")
+    # the counters move while it runs, without reloading the page
+    page.wait_for_function(f"() => {{ const n = ({SENT_COUNT})(); return n > 0 && n < {RECIPIENTS}; }}")
+    expect(page.get_by_test_id("campaign-state")).to_have_text("completed", timeout=30_000)
+    expect(page.get_by_test_id("count-sent")).to_have_text(f"{RECIPIENTS} sent")
+    expect(page.get_by_test_id("count-pending")).to_have_text("0 pending")
+    expect(page.locator('[data-live="percent"]')).to_have_text("100.0")
+    expect(page.locator('[data-live="bar"]')).to_have_attribute("value", str(RECIPIENTS))
+    expect(page.get_by_role("button", name="Pause")).to_have_count(0)
+    expect(page.get_by_role("button", name="Duplicate")).to_be_visible()
+    assert page.evaluate("window.stillTheSamePage") is True
+    assert _sandbox_tally(sandbox) == (RECIPIENTS, 0)
+    page.screenshot(path=str(ARTIFACTS / "campaign-completed.png"), full_page=True)
+
+    page.get_by_role("button", name="Duplicate").click()
+    expect(page.get_by_text("Campaign copied as Launch day (copy), a draft.")).to_be_visible()
+    page.get_by_label("Send rate (messages per second, optional)").fill("30")
+    page.get_by_role("button", name="Save campaign").click()
+    page.get_by_role("button", name="Start now").click()
+    page.wait_for_function(f"() => ({SENT_COUNT})() >= 30", timeout=30_000)
+    page.get_by_role("button", name="Pause").click()
+    expect(page.get_by_test_id("campaign-state")).to_have_text("paused")
+    expect(page.get_by_test_id("pause-reason")).to_contain_text("Paused: paused by a user.")
+    expect(page.get_by_role("button", name="Resume")).to_be_visible()
+    expect(page.get_by_role("button", name="Pause")).to_have_count(0)
+    page.screenshot(path=str(ARTIFACTS / "campaign-paused.png"), full_page=True)
+    time.sleep(1.5)  # sends already under way finish; nothing new starts
+    accepted_while_paused = _sandbox_tally(sandbox)[0]
+    time.sleep(1.5)
+    assert _sandbox_tally(sandbox)[0] == accepted_while_paused < 2 * RECIPIENTS
+    expect(page.get_by_test_id("count-in_flight")).to_have_text("0 being sent", timeout=10_000)
+    expect(page.get_by_test_id("count-sent")).to_have_text(f"{accepted_while_paused - RECIPIENTS} sent")
+
+    page.get_by_role("button", name="Resume").click()
+    expect(page.get_by_test_id("campaign-state")).to_have_text(re.compile("running|completed"))
+    expect(page.get_by_test_id("campaign-state")).to_have_text("completed", timeout=30_000)
+    expect(page.get_by_test_id("count-sent")).to_have_text(f"{RECIPIENTS} sent")
+    assert _sandbox_tally(sandbox) == (2 * RECIPIENTS, 0)
+
+    page.get_by_role("link", name="← Campaigns").click()
+    rows = page.get_by_test_id("campaigns")
+    expect(rows).to_contain_text("Launch day (copy)")
+    expect(rows.locator("tr", has_text="Launch day (copy)")).to_contain_text("100.0%")

@@ -1,0 +1,572 @@
+"""Campaign pages as a person uses them: write, count, start, act in each state, watch, test-send."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+import psycopg
+import pytest
+import socketio as socketio_client
+from flask_socketio import SocketIO
+from sqlalchemy import func, select, update
+
+from tasks.progress import campaign_room, socketio_channel
+from tenants.campaigns import Campaign, CampaignState, Delivery, PauseReason
+from tenants.contacts import Contact, ContactList, ContactListMember
+from tenants.db import db
+from tenants.pages import Page, PageState, ProviderKind, apply_form
+from tenants.scoping import all_tenants, tenant
+from tests.conftest import PASSWORD, REDIS_URL, Auth, csrf_token
+from tests.factories import tenant_named
+from tests.isolation import object_rules, objects_of
+
+HTMX = {"HX-Request": "true"}
+MESSAGE = "Hi {{firstName}}, news from {{company}}"
+
+
+@dataclass
+class Seeded:
+    tenant_id: int
+    page_id: int
+    list_id: int
+
+
+def _seed(app, workspace: str = "Acme") -> Seeded:
+    """A sandbox WhatsApp page and a list "Customers" of 10 contacts, 6 of whom can receive MESSAGE:
+    2 opted out, 1 has no phone, 1 has no company. Plus 3 contacts on no list."""
+    with app.app_context(), all_tenants(db.session):
+        tenant_id = tenant_named(workspace).id
+    with app.app_context(), tenant(db.session, tenant_id):
+        page = apply_form(
+            Page(kind=ProviderKind.WHATSAPP),
+            name="Support line",
+            base_url=app.config["SANDBOX_URL"],
+            send_rate=80,
+            daily_cap=None,
+            credentials={"access_token": "token-123456", "app_secret": "secret", "verify_token": "verify"},
+            settings={"phone_number_id": "109876543210001"},
+        )
+        customers = ContactList(name="Customers")
+        db.session.add_all([page, customers])
+        people = [Contact(phone=f"+4915112{n:04d}5", first_name=f"P{n}", company="Acme") for n in range(6)]
+        people += [
+            Contact(phone=f"+4915113{n:04d}5", first_name=f"Out{n}", company="Acme", opted_out=True)
+            for n in range(2)
+        ]
+        people.append(Contact(email="nophone@crier.example", first_name="Mail", company="Acme"))
+        people.append(Contact(phone="+491511400015", first_name="Nocompany"))
+        others = [Contact(phone=f"+4915115{n:04d}5", first_name=f"O{n}", company="Acme") for n in range(3)]
+        db.session.add_all(people + others)
+        db.session.flush()
+        db.session.add_all(ContactListMember(list_id=customers.id, contact_id=p.id) for p in people)
+        db.session.commit()
+        return Seeded(tenant_id, page.id, customers.id)
+
+
+def _form(seeded: Seeded, **changes) -> dict:
+    return {
+        "name": "Spring sale",
+        "page_id": str(seeded.page_id),
+        "template_id": "",
+        "body": MESSAGE,
+        "list_ids": str(seeded.list_id),
+        "schedule": "manual",
+        "scheduled_at": "",
+        "send_rate": "",
+        **changes,
+    }
+
+
+def _campaign(app, seeded: Seeded, campaign_id: int | None = None) -> Campaign:
+    with app.app_context(), tenant(db.session, seeded.tenant_id):
+        query = select(Campaign).order_by(Campaign.id.desc())
+        if campaign_id is not None:
+            query = query.where(Campaign.id == campaign_id)
+        campaign = db.session.scalar(query)
+        db.session.expunge_all()
+        return campaign
+
+
+def _deliveries(app, seeded: Seeded, campaign_id: int) -> dict[str, int]:
+    with app.app_context(), tenant(db.session, seeded.tenant_id):
+        rows = db.session.execute(
+            select(Delivery.state, func.count())
+            .where(Delivery.campaign_id == campaign_id)
+            .group_by(Delivery.state)
+        ).all()
+        return {state.value: count for state, count in rows}
+
+
+def _create(auth: Auth, seeded: Seeded, **changes) -> int:
+    response = auth.post("/campaigns/new", _form(seeded, **changes))
+    assert response.status_code == 302, response.get_data(as_text=True)
+    return int(re.search(r"/campaigns/(\d+)$", response.headers["Location"]).group(1))
+
+
+def _text(response) -> str:
+    return response.get_data(as_text=True)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def test_create_a_draft_see_it_listed_and_edit_it(app, auth, client):
+    auth.signup()
+    seeded = _seed(app)
+    editor = _text(client.get("/campaigns/new"))
+    assert "Support line (WhatsApp Cloud API)" in editor and "Customers" in editor
+    assert "Send at (UTC time)" in editor
+
+    campaign_id = _create(auth, seeded)
+    shown = _text(client.get(f"/campaigns/{campaign_id}", follow_redirects=True))
+    assert "Campaign Spring sale saved as a draft." in shown
+    assert "<strong>6</strong> will receive it" in shown
+    campaign = _campaign(app, seeded, campaign_id)
+    assert (campaign.state, campaign.audience, campaign.body) == (
+        CampaignState.DRAFT,
+        {"all": False, "lists": [seeded.list_id], "segments": []},
+        MESSAGE,
+    )
+
+    editor = _text(client.get(f"/campaigns/{campaign_id}/edit"))
+    assert 'value="Spring sale"' in editor and "news from {{company}}" in editor
+    edited = auth.post(f"/campaigns/{campaign_id}/edit", _form(seeded, name="Summer sale", send_rate="25"))
+    assert edited.status_code == 302
+    campaign = _campaign(app, seeded, campaign_id)
+    assert (campaign.name, campaign.send_rate) == ("Summer sale", 25.0)
+
+    listed = _text(client.get("/campaigns"))
+    assert "Summer sale" in listed and "Support line" in listed and "draft" in listed
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"name": "  "}, "Give the campaign a name."),
+        ({"page_id": ""}, "Choose the page to send through."),
+        ({"body": ""}, "Choose a template or write the message."),
+        ({"list_ids": ""}, "Choose who receives it: all contacts, lists or segments."),
+        ({"send_rate": "fast"}, "The rate must be a number of messages per second."),
+        ({"send_rate": "-3"}, "The rate must be above 0 messages per second."),
+        ({"schedule": "at", "scheduled_at": "next tuesday"}, "Give the date and time to send"),
+        ({"schedule": "at", "scheduled_at": "2001-01-01T09:00"}, "That time has passed"),
+        ({"schedule": "whenever"}, "Choose when to send: now, at a time, or manually."),
+        ({"list_ids": "999999"}, "One of the lists does not exist."),
+        ({"list_ids": "99999999999"}, "One of the lists does not exist."),
+        ({"page_id": "99999999999"}, "Choose the page to send through."),
+        ({"template_id": "99999999999"}, "That template does not exist."),
+        ({"segment_ids": "²"}, "is not an id."),
+    ],
+)
+def test_the_editor_says_what_is_wrong(app, auth, changes, message):
+    auth.signup()
+    seeded = _seed(app)
+    response = auth.post("/campaigns/new", _form(seeded, **changes))
+    assert response.status_code == 400
+    assert message in _text(response)
+    html = _text(response)
+    assert 'value="Spring sale"' in html or changes.get("name")  # what was typed stays
+    assert f'<option value="{seeded.list_id}" selected>' in html or "list_ids" in changes
+    assert _campaign(app, seeded) is None
+
+
+def test_live_audience_count_names_who_is_left_out_and_why(app, auth):
+    auth.signup()
+    seeded = _seed(app)
+    counted = auth.post("/campaigns/audience", _form(seeded), headers=HTMX)
+    html = _text(counted)
+    assert "<html" not in html
+    assert (
+        "<strong>6</strong> will receive it; excluded: 2 opted out, 1 no address for this channel,"
+        " 1 missing a variable the message uses, 0 same address as another recipient"
+    ) in html
+    everyone_form = _form(seeded, list_ids="", audience_all="1")
+    everyone = _text(auth.post("/campaigns/audience", everyone_form, headers=HTMX))
+    assert "<strong>9</strong> will receive it" in everyone
+    with_default = _form(seeded, body="Hi {{firstName}} from {{company|default('us')}}")
+    defaulted = _text(auth.post("/campaigns/audience", with_default, headers=HTMX))
+    assert "<strong>7</strong> will receive it" in defaulted
+    too_big = _text(auth.post("/campaigns/audience", _form(seeded, list_ids="99999999999"), headers=HTMX))
+    assert "Choose who receives it" in too_big
+    no_page = _text(auth.post("/campaigns/audience", _form(seeded, page_id=""), headers=HTMX))
+    assert "Choose a page to see who the campaign reaches." in no_page
+    nobody = _text(auth.post("/campaigns/audience", _form(seeded, list_ids=""), headers=HTMX))
+    assert "Choose who receives it" in nobody
+
+
+def test_schedule_at_a_local_time_and_back_to_a_draft(app, auth, client):
+    auth.signup(timezone="Europe/Lisbon")
+    seeded = _seed(app)
+    assert "Send at (Europe/Lisbon time)" in _text(client.get("/campaigns/new"))
+    campaign_id = _create(auth, seeded, schedule="at", scheduled_at="2030-07-01T09:30")
+    campaign = _campaign(app, seeded, campaign_id)
+    assert campaign.state is CampaignState.SCHEDULED
+    assert campaign.scheduled_at == datetime(2030, 7, 1, 8, 30, tzinfo=UTC)  # Lisbon is UTC+1 in summer
+    shown = _text(client.get(f"/campaigns/{campaign_id}"))
+    assert "Starts by itself at 2030-07-01 09:30 (Europe/Lisbon)." in shown
+    assert 'value="2030-07-01T09:30"' in _text(client.get(f"/campaigns/{campaign_id}/edit"))
+
+    auth.post(f"/campaigns/{campaign_id}/edit", _form(seeded, schedule="manual"))
+    assert _campaign(app, seeded, campaign_id).state is CampaignState.DRAFT
+
+
+def test_an_edit_does_not_overwrite_a_campaign_started_meanwhile(app, auth, monkeypatch):
+    import webapp.campaigns
+
+    auth.signup()
+    seeded = _seed(app)
+    campaign_id = _create(auth, seeded, schedule="at", scheduled_at="2030-07-01T09:30")
+    apply_form_for_real = webapp.campaigns.apply_campaign_form
+
+    def apply_while_the_sweeper_starts_it(campaign, fields, tenant_row):
+        apply_form_for_real(campaign, fields, tenant_row)
+        with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as other_process:
+            other_process.execute("UPDATE campaigns SET state = 'running' WHERE id = %s", (campaign_id,))
+        return campaign
+
+    monkeypatch.setattr(webapp.campaigns, "apply_campaign_form", apply_while_the_sweeper_starts_it)
+    refused = auth.post(f"/campaigns/{campaign_id}/edit", _form(seeded, name="Too late", schedule="manual"))
+    assert refused.status_code == 409
+    assert "The campaign started meanwhile; your changes were not saved." in _text(refused)
+    campaign = _campaign(app, seeded, campaign_id)
+    assert (campaign.name, campaign.state, campaign.schedule.value) == (
+        "Spring sale",
+        CampaignState.RUNNING,
+        "at",
+    )
+
+
+# --------------------------------------------------------------------------- starting
+
+
+def test_create_with_schedule_now_starts_it_at_once(app, auth, client):
+    auth.signup()
+    seeded = _seed(app)
+    campaign_id = _create(auth, seeded, schedule="now")
+    shown = _text(client.get(f"/campaigns/{campaign_id}"))
+    assert "Campaign Spring sale started: 6 recipients." in shown
+    assert 'data-testid="campaign-state">running<' in shown
+    assert "Left out at start: 2 opted out, 1 no address for this channel, 1 missing a variable" in shown
+    assert _deliveries(app, seeded, campaign_id) == {"pending": 6}
+
+
+def test_start_with_nobody_to_send_to_fails_and_says_why(app, auth, client):
+    auth.signup()
+    seeded = _seed(app)
+    campaign_id = _create(auth, seeded, body="Hi {{nickname}}")
+    response = auth.post(f"/campaigns/{campaign_id}/start", follow_redirects=True)
+    html = _text(response)
+    assert "did not start" in html and "Nobody to send to: 2 opted out" in html
+    assert _campaign(app, seeded, campaign_id).state is CampaignState.FAILED
+
+
+def test_start_on_a_disabled_page_is_refused_with_the_reason(app, auth):
+    auth.signup()
+    seeded = _seed(app)
+    campaign_id = _create(auth, seeded)
+    with app.app_context(), tenant(db.session, seeded.tenant_id):
+        page = db.session.get(Page, seeded.page_id)
+        page.state, page.disabled_reason = PageState.DISABLED, "token revoked"
+        db.session.commit()
+    refused = auth.post(f"/campaigns/{campaign_id}/start", headers=HTMX)
+    assert refused.status_code == 409
+    assert "The page Support line is disabled: token revoked." in _text(refused)
+    assert _campaign(app, seeded, campaign_id).state is CampaignState.DRAFT
+
+
+def test_unreachable_workers_are_reported_and_the_campaign_still_starts(app, auth, client, monkeypatch):
+    import webapp.campaigns
+
+    monkeypatch.setattr(
+        webapp.campaigns, "launch_quietly", lambda campaign: "background workers unreachable: no broker"
+    )
+    auth.signup()
+    seeded = _seed(app)
+    campaign_id = _create(auth, seeded)
+    html = _text(auth.post(f"/campaigns/{campaign_id}/start", follow_redirects=True))
+    assert "Campaign started, but background workers unreachable: no broker." in html
+    assert _campaign(app, seeded, campaign_id).state is CampaignState.RUNNING
+
+
+# --------------------------------------------------------------------------- actions per state
+
+
+def _buttons(html: str) -> set[str]:
+    """The action buttons the campaign page offers (the test send form aside)."""
+    actions = html.split('id="campaign-actions"', 1)[1].split("<details", 1)[0].split("</section>", 1)[0]
+    found = {b.strip() for b in re.findall(r"<button type=\"submit\"[^>]*>([^<(]+)", actions)}
+    if re.search(r'role="button"[^>]*href="/campaigns/\d+/edit"', actions):
+        found.add("Edit")
+    return found
+
+
+def test_buttons_and_actions_follow_the_state(app, auth, client):
+    auth.signup()
+    seeded = _seed(app)
+    campaign_id = _create(auth, seeded)
+    url = f"/campaigns/{campaign_id}"
+    assert _buttons(_text(client.get(url))) == {"Start now", "Duplicate", "Delete", "Edit"}
+
+    refused = auth.post(f"{url}/pause", headers=HTMX)
+    assert refused.status_code == 409
+    assert "You cannot pause a draft campaign (only when running)." in _text(refused)
+    assert "<html" not in _text(refused)
+    refused = auth.post(f"{url}/resume")
+    assert refused.status_code == 409 and "You cannot resume a draft campaign" in _text(refused)
+    assert "<html" in _text(refused)
+
+    started = auth.post(f"{url}/start", headers=HTMX)
+    assert started.status_code == 200 and "started: 6 recipients" in _text(started)
+    assert _buttons(_text(started)) == {"Pause", "Cancel campaign", "Duplicate"}
+
+    for action, words in [
+        ("start", "You cannot start a running campaign"),
+        ("resume", "You cannot resume a running campaign"),
+        ("resend", "You cannot resend a running campaign"),
+        ("delete", "You cannot delete a running campaign"),
+    ]:
+        refused = auth.post(f"{url}/{action}", headers=HTMX)
+        assert (refused.status_code, words in _text(refused)) == (409, True), action
+    assert auth.post(f"{url}/edit", _form(seeded, name="Sneaky")).status_code == 409
+    refused_edit = client.get(f"{url}/edit")
+    assert refused_edit.status_code == 409 and "A running campaign cannot be edited" in _text(refused_edit)
+    assert _campaign(app, seeded, campaign_id).name == "Spring sale"
+
+    paused = _text(auth.post(f"{url}/pause", headers=HTMX))
+    assert 'data-testid="campaign-state">paused<' in paused and "Paused: paused by a user." in paused
+    assert _buttons(paused) == {"Resume", "Cancel campaign", "Duplicate"}
+
+    resumed = _text(auth.post(f"{url}/resume", headers=HTMX))
+    assert 'data-testid="campaign-state">running<' in resumed
+
+    cancelled = auth.post(f"{url}/cancel")
+    assert cancelled.status_code == 302
+    html = _text(client.get(url))
+    assert "Campaign cancelled; 6 messages will not be sent." in html
+    assert _buttons(html) == {"Duplicate", "Delete"}
+    refused = auth.post(f"{url}/resend", headers=HTMX)
+    assert refused.status_code == 409
+    assert "No failed or unknown recipients to send to again." in _text(refused)
+
+    deleted = auth.post(f"{url}/delete")
+    assert deleted.status_code == 302 and deleted.headers["Location"].endswith("/campaigns")
+    assert client.get(url).status_code == 404
+    assert _deliveries(app, seeded, campaign_id) == {}
+
+
+def test_a_quota_pause_says_when_it_resumes_on_the_page_and_in_the_list(app, auth, client):
+    auth.signup(timezone="America/Sao_Paulo")
+    seeded = _seed(app)
+    campaign_id = _create(auth, seeded, schedule="now")
+    with app.app_context(), tenant(db.session, seeded.tenant_id):
+        table = Delivery.__table__
+        first_two = select(table.c.id).where(table.c.campaign_id == campaign_id).limit(2).scalar_subquery()
+        db.session.execute(update(table).where(table.c.id.in_(first_two)).values(state="sent"))
+        db.session.execute(
+            update(Campaign)
+            .where(Campaign.id == campaign_id)
+            .values(
+                state=CampaignState.PAUSED,
+                paused_reason=PauseReason.QUOTA,
+                resume_at=datetime(2030, 1, 2, 3, 0, tzinfo=UTC),
+            )
+        )
+        db.session.commit()
+    shown = _text(client.get(f"/campaigns/{campaign_id}"))
+    assert "Paused: the daily quota is used up." in shown
+    assert "It resumes by itself at 2030-01-02 00:00 (America/Sao_Paulo)." in shown
+    assert _buttons(shown) == {"Resume", "Cancel campaign", "Duplicate"}
+    row = re.search(r'<tr data-campaign-row="\d+">.*?</tr>', _text(client.get("/campaigns")), re.S).group(0)
+    assert "paused" in row and "the daily quota is used up" in row and "33.3%" in row
+
+
+def test_failures_are_listed_and_can_be_sent_again(app, auth, client):
+    auth.signup()
+    seeded = _seed(app)
+    campaign_id = _create(auth, seeded, schedule="now")
+    with app.app_context(), tenant(db.session, seeded.tenant_id):
+        ids = db.session.scalars(select(Delivery.id).where(Delivery.campaign_id == campaign_id)).all()
+        table = Delivery.__table__
+        db.session.execute(
+            update(table)
+            .where(table.c.id.in_(ids[:2]))
+            .values(state="failed", error_code="131026", error_text="<b>undeliverable</b>")
+        )
+        db.session.execute(
+            update(table).where(table.c.id == ids[2]).values(state="unknown", error_code="lease_expired")
+        )
+        db.session.execute(update(table).where(table.c.id.in_(ids[3:])).values(state="sent"))
+        db.session.execute(
+            update(Campaign).where(Campaign.id == campaign_id).values(state=CampaignState.COMPLETED)
+        )
+        db.session.commit()
+    html = _text(client.get(f"/campaigns/{campaign_id}"))
+    assert html.count("131026") == 2 and "lease_expired" in html
+    assert "&lt;b&gt;undeliverable&lt;/b&gt;" in html and "<b>undeliverable" not in html
+    assert "Resend failed and unknown (3)" in html
+    assert "33.3%" in html  # failure rate: 2 of 6
+
+    resent = _text(auth.post(f"/campaigns/{campaign_id}/resend", headers=HTMX))
+    assert "Sending 3 failed and unknown messages again." in resent
+    assert _deliveries(app, seeded, campaign_id) == {"pending": 3, "sent": 3}
+    assert _campaign(app, seeded, campaign_id).state is CampaignState.RUNNING
+
+
+def test_duplicate_makes_a_draft_copy(app, auth, client):
+    auth.signup()
+    seeded = _seed(app)
+    campaign_id = _create(auth, seeded, schedule="now", send_rate="12")
+    response = auth.post(f"/campaigns/{campaign_id}/duplicate")
+    assert response.status_code == 302
+    copy = _campaign(app, seeded)
+    assert response.headers["Location"].endswith(f"/campaigns/{copy.id}/edit")
+    assert (copy.name, copy.state, copy.send_rate, copy.body) == (
+        "Spring sale (copy)",
+        CampaignState.DRAFT,
+        12.0,
+        MESSAGE,
+    )
+    editor = _text(client.get(response.headers["Location"]))
+    assert "Campaign copied as Spring sale (copy), a draft." in editor
+
+
+# --------------------------------------------------------------------------- who may do what
+
+
+def test_members_see_campaigns_but_cannot_act(app, auth, client, other_client):
+    member = Auth(other_client)
+    member.signup(email="m@crier.example", workspace="Mine")
+    auth.signup()
+    seeded = _seed(app)
+    campaign_id = _create(auth, seeded)
+    auth.post("/members", {"email": "m@crier.example", "role": "member"})
+    member.post(f"/workspaces/{seeded.tenant_id}/switch")
+
+    shown = other_client.get(f"/campaigns/{campaign_id}")
+    assert shown.status_code == 200 and "Spring sale" in _text(shown)
+    assert _buttons(_text(shown)) == set()
+    assert "New campaign" not in _text(other_client.get("/campaigns"))
+    for action in ("start", "delete", "duplicate", "test-send"):
+        assert member.post(f"/campaigns/{campaign_id}/{action}").status_code == 403, action
+    assert member.post("/campaigns/new", _form(seeded)).status_code == 403
+    assert other_client.get(f"/campaigns/{campaign_id}/edit").status_code == 403
+    assert _campaign(app, seeded, campaign_id).state is CampaignState.DRAFT
+
+
+def test_campaign_names_are_escaped(app, auth, client):
+    auth.signup()
+    seeded = _seed(app)
+    campaign_id = _create(auth, seeded, name="<script>alert('x')</script>")
+    for url in ("/campaigns", f"/campaigns/{campaign_id}", f"/campaigns/{campaign_id}/edit"):
+        html = _text(client.get(url))
+        assert "<script>alert" not in html and "&lt;script&gt;alert" in html, url
+
+
+def test_actions_need_the_csrf_token(app, auth, client):
+    auth.signup()
+    seeded = _seed(app)
+    campaign_id = _create(auth, seeded)
+    refused = client.post(f"/campaigns/{campaign_id}/start")
+    assert refused.status_code == 400 and "Your form expired" in _text(refused)
+    assert client.post("/campaigns/new", data=_form(seeded)).status_code == 400
+    assert _campaign(app, seeded, campaign_id).state is CampaignState.DRAFT
+
+
+def test_another_tenants_campaigns_are_404(app, auth, client, other_client):
+    auth.signup(email="a@acme.example", workspace="A")
+    Auth(other_client).signup(email="b@bravo.example", workspace="B")
+    with app.app_context(), all_tenants(db.session):
+        a_values = objects_of(tenant_named("A"))
+    endpoints = {rule.endpoint for rule in object_rules(app, set(a_values))}
+    assert {
+        "campaigns.show",
+        "campaigns.edit",
+        "campaigns.start_campaign",
+        "campaigns.pause_campaign",
+        "campaigns.cancel_campaign",
+        "campaigns.delete_campaign",
+        "campaigns.test_send",
+    } <= endpoints  # the isolation walk (test_isolation.py) requests each of them as tenant B
+    campaign_id = a_values["campaign_id"]
+    assert other_client.get(f"/campaigns/{campaign_id}").status_code == 404
+    assert "Spring sale" not in _text(other_client.get("/campaigns"))
+
+
+class Watcher:
+    """A signed-in browser of the live server with a Socket.IO connection, recording campaign events."""
+
+    def __init__(self, base_url: str, email: str, workspace: str):
+        self.http = httpx.Client(base_url=base_url, timeout=10)
+        token = csrf_token(self.http.get("/signup").text)
+        form = {"email": email, "workspace_name": workspace, "password": PASSWORD, "timezone": "UTC"}
+        assert self.http.post("/signup", data={"csrf_token": token, **form}).status_code == 302
+        self.events: list[dict] = []
+        self.socket = socketio_client.Client(reconnection=False)
+        self.socket.on("campaign:progress", self.events.append)
+        cookie = "; ".join(f"{name}={value}" for name, value in self.http.cookies.items())
+        self.socket.connect(base_url, headers={"Cookie": cookie}, transports=["websocket"], wait_timeout=10)
+
+    def watch(self, campaign_id) -> dict:
+        return self.socket.call("campaign:watch", {"id": campaign_id}, timeout=10)
+
+    def close(self) -> None:
+        self.socket.disconnect()
+        self.http.close()
+
+
+def test_only_the_campaigns_tenant_can_watch_its_room(app, live_server):
+    alice = Watcher(live_server, "alice@acme.example", "Acme")
+    bob = Watcher(live_server, "bob@bravo.example", "Bravo")
+    try:
+        with app.app_context(), all_tenants(db.session):
+            campaign_id = objects_of(tenant_named("Acme"))["campaign_id"]
+        assert alice.watch(campaign_id) == {"watching": True}
+        assert bob.watch(campaign_id) == {"watching": False}
+        assert bob.watch("1 or 1=1") == {"watching": False}
+        assert bob.watch(2**40) == {"watching": False}
+
+        live_channel = socketio_channel({"REDIS_PREFIX": os.environ["REDIS_PREFIX"]})  # the live server's
+        emitter = SocketIO(message_queue=REDIS_URL, channel=live_channel)
+        emitter.emit("campaign:progress", {"id": campaign_id}, to=campaign_room(campaign_id))
+        deadline = time.monotonic() + 10
+        while not alice.events and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert alice.events == [{"id": campaign_id}], "the campaign's room did not reach its watcher"
+        time.sleep(0.5)
+        assert bob.events == [], "another tenant's browser joined the campaign's room"
+    finally:
+        alice.close()
+        bob.close()
+
+
+# --------------------------------------------------------------------------- test send
+
+
+def test_test_send_renders_for_the_contact_and_reaches_the_provider(app, auth, sandbox):
+    auth.signup()
+    seeded = _seed(app)
+    campaign_id = _create(auth, seeded)
+    with app.app_context(), tenant(db.session, seeded.tenant_id):
+        ana = db.session.scalar(select(Contact).where(Contact.first_name == "P0"))
+        nocompany = db.session.scalar(select(Contact).where(Contact.first_name == "Nocompany"))
+    sent = auth.post(f"/campaigns/{campaign_id}/test-send", {"contact_id": str(ana.id)}, headers=HTMX)
+    assert sent.status_code == 200 and "Sent. The provider's message id is" in _text(sent)
+    entries = httpx.get(f"{sandbox.url}/_sandbox/ledger", timeout=5).json()["entries"]
+    assert [(e["recipient"], e["body"]) for e in entries] == [("491511200005", "Hi P0, news from Acme")]
+
+    typed = auth.post(f"/campaigns/{campaign_id}/test-send", {"address": "+5511961234567"}, headers=HTMX)
+    assert "Sent." in _text(typed)  # an address of no contact gets the sample contact's values
+    missing = auth.post(
+        f"/campaigns/{campaign_id}/test-send", {"contact_id": str(nocompany.id)}, headers=HTMX
+    )
+    assert missing.status_code == 400 and "This contact has no company." in _text(missing)
+    nobody = auth.post(f"/campaigns/{campaign_id}/test-send", {"contact_id": "424242"}, headers=HTMX)
+    assert nobody.status_code == 400 and "There is no contact 424242." in _text(nobody)
+    empty = auth.post(f"/campaigns/{campaign_id}/test-send", {}, headers=HTMX)
+    assert empty.status_code == 400 and "Type a contact id or a phone number." in _text(empty)
+    assert len(httpx.get(f"{sandbox.url}/_sandbox/ledger", timeout=5).json()["entries"]) == 2

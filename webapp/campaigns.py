@@ -1,0 +1,515 @@
+"""Campaigns: write one, see who it reaches, start it, watch it run and act on it while it does.
+
+Views stay thin: the states, the actions allowed in each and the counting live in
+``tenants.campaigns``; enqueueing and live events in ``tasks.dispatch``. Every action is a POST;
+one the campaign's state does not allow answers 409 with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, flash, g, redirect, render_template, url_for
+from htmx_flask import request
+from sqlalchemy import func, select
+
+from tasks import channel_checks
+from tasks.dispatch import emit_progress, emit_state, launch_quietly
+from tenants.campaigns import (
+    EXCLUSION_TEXT,
+    Campaign,
+    CampaignError,
+    CampaignState,
+    Delivery,
+    DeliveryState,
+    MessageSource,
+    PauseReason,
+    Schedule,
+    address_column,
+    allowed_actions,
+    apply_campaign_form,
+    cancel,
+    check_action,
+    count_audience,
+    delivery_counts,
+    duplicate,
+    message_of,
+    pause,
+    resend,
+    resume,
+    start,
+    summary,
+    tenant_zone,
+    usable_page,
+)
+from tenants.contacts import Contact, ContactList, Segment
+from tenants.db import db, utcnow
+from tenants.pages import Page
+from tenants.templates import Template
+from tenants.templating import compile_template, contact_variables
+from webapp.message_templates import SAMPLE_VARIABLES
+from webapp.pages import allowed_private_hosts
+from webapp.rendering import render_page
+from webapp.tenancy import member_required
+
+bp = Blueprint("campaigns", __name__)
+
+CAMPAIGNS_PER_PAGE = 25
+FAILURES_PER_PAGE = 50
+PROBLEM_STATES = (DeliveryState.FAILED, DeliveryState.UNKNOWN)
+SELF_ENDING_PAUSES = (PauseReason.QUOTA, PauseReason.PAGE_THROTTLED)
+LOCAL_INPUT_FORMAT = "%Y-%m-%dT%H:%M"  # what <input type="datetime-local"> sends
+ID_TEXT = re.compile(r"[0-9]{1,12}")
+MAX_ID = 2**31 - 1  # ids are INTEGER columns
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def local_time(moment: datetime | None) -> str:
+    """A UTC moment as the workspace's wall-clock time, with the zone named."""
+    if moment is None:
+        return ""
+    zone = tenant_zone(g.workspace.tenant)
+    return f"{moment.astimezone(zone):%Y-%m-%d %H:%M} ({zone.key})"
+
+
+def _as_id(value: Any) -> int | None:
+    """A row id typed into a form, or None for anything else."""
+    text = str(value or "").strip()
+    return int(text) if ID_TEXT.fullmatch(text) and int(text) <= MAX_ID else None
+
+
+def _form_id(raw: str) -> int | str:
+    """An id field for ``apply_campaign_form``: a number too large for an id becomes -1, an id no row
+    has (the database would refuse it); anything else not a number stays, for the form's message."""
+    text = raw.strip()
+    if _as_id(text) is not None:
+        return int(text)
+    return -1 if text.isdecimal() else text
+
+
+def _form_ids(values: list[str]) -> list[int | str]:
+    return [_form_id(value) for value in values if value.strip()]
+
+
+def _submitted_fields() -> dict[str, Any]:
+    """The editor's fields as ``apply_campaign_form`` reads them (blank ids left out)."""
+    form = request.form
+    return {
+        "name": form.get("name", ""),
+        "page_id": _form_id(form.get("page_id", "")) if form.get("page_id", "").strip() else None,
+        "template_id": _form_id(form.get("template_id", "")) if form.get("template_id", "").strip() else None,
+        "body": form.get("body", ""),
+        "subject": form.get("subject", ""),
+        "audience_all": form.get("audience_all", ""),
+        "list_ids": _form_ids(form.getlist("list_ids")),
+        "segment_ids": _form_ids(form.getlist("segment_ids")),
+        "schedule": form.get("schedule") or Schedule.MANUAL.value,
+        "scheduled_at": form.get("scheduled_at", ""),
+        "send_rate": form.get("send_rate", ""),
+    }
+
+
+def _fields_of(campaign: Campaign) -> dict[str, Any]:
+    """A saved campaign's values in the editor's terms."""
+    audience = campaign.audience or {}
+    zone = tenant_zone(g.workspace.tenant)
+    return {
+        "name": campaign.name or "",
+        "page_id": campaign.page_id,
+        "template_id": campaign.template_id,
+        "body": campaign.body or "",
+        "subject": campaign.subject or "",
+        "audience_all": audience.get("all", False),
+        "list_ids": list(audience.get("lists", [])),
+        "segment_ids": list(audience.get("segments", [])),
+        "schedule": (campaign.schedule or Schedule.MANUAL).value,
+        "scheduled_at": f"{campaign.scheduled_at.astimezone(zone):{LOCAL_INPUT_FORMAT}}"
+        if campaign.scheduled_at
+        else "",
+        "send_rate": f"{campaign.send_rate:g}" if campaign.send_rate else "",
+    }
+
+
+def _editor(campaign: Campaign, fields: dict[str, Any], error: str | None = None, status: int = 200):
+    return render_template(
+        "campaigns/form.html",
+        campaign=campaign,
+        fields=fields,
+        error=error,
+        pages=db.session.scalars(select(Page).order_by(Page.name, Page.id)).all(),
+        templates=db.session.scalars(select(Template).order_by(Template.name, Template.id)).all(),
+        lists=db.session.scalars(select(ContactList).order_by(ContactList.name)).all(),
+        segments=db.session.scalars(select(Segment).order_by(Segment.name)).all(),
+        zone=tenant_zone(g.workspace.tenant).key,
+    ), status
+
+
+def _check_time_ahead(campaign: Campaign) -> None:
+    if campaign.schedule is Schedule.AT and campaign.scheduled_at and campaign.scheduled_at <= utcnow():
+        raise CampaignError("That time has passed: choose a later one, or send now.")
+
+
+def _still_editable(campaign_id: int) -> bool:
+    """Lock the campaign's row until commit and say whether it is still a draft or scheduled (a start
+    that happened since it was read wins, and this edit is not written over it)."""
+    with db.session.no_autoflush:  # the edit must not be written before the row is locked and checked
+        state = db.session.scalar(select(Campaign.state).where(Campaign.id == campaign_id).with_for_update())
+    return state in (CampaignState.DRAFT, CampaignState.SCHEDULED)
+
+
+def _launch(campaign: Campaign) -> tuple[str, str]:
+    """Start or schedule the campaign and launch its dispatch; the message to show and its category."""
+    running = start(campaign)
+    if running:
+        problem = launch_quietly(campaign)
+        emit_state(campaign.id, "campaign:started")
+        if problem:
+            return f"Campaign started, but {problem}. Sending begins when they are back.", "error"
+        return f"Campaign {campaign.name} started: {campaign.total:,} recipients.", "success"
+    if campaign.state is CampaignState.SCHEDULED:
+        return f"Campaign {campaign.name} is scheduled for {local_time(campaign.scheduled_at)}.", "success"
+    emit_state(campaign.id, "campaign:failed")
+    return f"Campaign {campaign.name} did not start. {campaign.state_detail or ''}".strip(), "error"
+
+
+def _save(campaign: Campaign, creating: bool):
+    fields = _submitted_fields()
+    try:
+        apply_campaign_form(campaign, fields, g.workspace.tenant)
+        _check_time_ahead(campaign)
+    except CampaignError as exc:
+        db.session.rollback()
+        return _editor(campaign, fields, str(exc), 400)
+    if creating:
+        db.session.add(campaign)
+    elif not _still_editable(campaign.id):
+        db.session.rollback()
+        return _campaign_block(
+            campaign, 409, error="The campaign started meanwhile; your changes were not saved."
+        )
+    if campaign.state is CampaignState.SCHEDULED and campaign.schedule is Schedule.MANUAL:
+        campaign.state = CampaignState.DRAFT  # no time any more: it waits for someone to start it
+    db.session.commit()
+    if campaign.schedule is Schedule.MANUAL:
+        message, category = (
+            f"Campaign {campaign.name} saved as a draft. Start it when you are ready.",
+            "success",
+        )
+    elif campaign.state is CampaignState.SCHEDULED:
+        message, category = (
+            f"Campaign {campaign.name} saved; it starts at {local_time(campaign.scheduled_at)}.",
+            "success",
+        )
+    else:
+        try:
+            message, category = _launch(campaign)
+        except CampaignError as exc:
+            db.session.rollback()
+            message, category = (
+                f"Campaign {campaign.name} saved as a draft, but it did not start: {exc}",
+                "error",
+            )
+    flash(message, category)
+    return redirect(url_for("campaigns.show", campaign_id=campaign.id))
+
+
+def _show_context(campaign: Campaign, **extra: Any) -> dict[str, Any]:
+    """Everything the campaign page shows, read fresh."""
+    facts = summary(campaign, delivery_counts(campaign.id))
+    failures_page = max(1, request.args.get("failures", 1, type=int))
+    failures = db.session.scalars(
+        select(Delivery)
+        .where(Delivery.campaign_id == campaign.id, Delivery.state.in_(PROBLEM_STATES))
+        .order_by(Delivery.id.desc())
+        .limit(FAILURES_PER_PAGE + 1)
+        .offset((failures_page - 1) * FAILURES_PER_PAGE)
+    ).all()
+    editable = campaign.state in (CampaignState.DRAFT, CampaignState.SCHEDULED)
+    page = db.session.get(Page, campaign.page_id) if campaign.page_id else None
+    return {
+        "campaign": campaign,
+        "facts": facts,
+        "page": page,
+        "template": db.session.get(Template, campaign.template_id) if campaign.template_id else None,
+        "actions": set(allowed_actions(campaign)) if g.workspace.role.manages_members else set(),
+        "audience": count_audience(campaign) if editable and page is not None else None,
+        "exclusion_text": EXCLUSION_TEXT,
+        "self_ending_pause": campaign.paused_reason in SELF_ENDING_PAUSES and campaign.resume_at,
+        "local_time": local_time,
+        "failures": failures[:FAILURES_PER_PAGE],
+        "failures_page": failures_page,
+        "more_failures": len(failures) > FAILURES_PER_PAGE,
+        "address_label": page.spec.address if page is not None else "address",
+        "notice": None,
+        "error": None,
+        "outcome": None,
+        "test_error": None,
+        **extra,
+    }
+
+
+def _campaign_block(campaign: Campaign, status: int = 200, **extra: Any):
+    """The campaign's live block for HTMX, else the whole page."""
+    return render_page("campaigns/show.html", "campaign", status, **_show_context(campaign, **extra))
+
+
+def _act(campaign_id: int, action: Callable[[Campaign], tuple[str, str]]):
+    """Run ``action``; 409 with its reason when the campaign's state does not allow it."""
+    campaign = db.get_or_404(Campaign, campaign_id)
+    try:
+        message, category = action(campaign)
+    except CampaignError as exc:
+        db.session.rollback()
+        return _campaign_block(campaign, 409, error=str(exc))
+    if request.htmx:
+        return _campaign_block(campaign, notice=(category, message))
+    flash(message, category)
+    return redirect(url_for("campaigns.show", campaign_id=campaign.id))
+
+
+def _percents(campaigns: list[Campaign]) -> dict[int, float]:
+    """Progress of each campaign, from one grouped count of their deliveries."""
+    started = [c for c in campaigns if c.state not in (CampaignState.DRAFT, CampaignState.SCHEDULED)]
+    counts: dict[int, dict[str, int]] = {
+        c.id: {**{s.value: 0 for s in DeliveryState}, "replied": 0} for c in started
+    }
+    if started:
+        rows = db.session.execute(
+            select(Delivery.campaign_id, Delivery.state, func.count())
+            .where(Delivery.campaign_id.in_(counts))
+            .group_by(Delivery.campaign_id, Delivery.state)
+        ).all()
+        for campaign_id, state, count in rows:
+            counts[campaign_id][DeliveryState(state).value] = count
+    return {c.id: summary(c, counts[c.id])["percent"] for c in started}
+
+
+# --------------------------------------------------------------------------- pages
+
+
+@bp.get("/campaigns")
+@member_required
+def index():
+    page_number = max(1, request.args.get("page", 1, type=int))
+    campaigns = db.session.scalars(
+        select(Campaign)
+        .order_by(Campaign.created_at.desc(), Campaign.id.desc())
+        .limit(CAMPAIGNS_PER_PAGE + 1)
+        .offset((page_number - 1) * CAMPAIGNS_PER_PAGE)
+    ).all()
+    shown = list(campaigns[:CAMPAIGNS_PER_PAGE])
+    page_ids = {c.page_id for c in shown if c.page_id}
+    pages = {p.id: p for p in db.session.scalars(select(Page).where(Page.id.in_(page_ids)))}
+    return render_template(
+        "campaigns/index.html",
+        campaigns=shown,
+        pages=pages,
+        percents=_percents(shown),
+        page_number=page_number,
+        more=len(campaigns) > CAMPAIGNS_PER_PAGE,
+        local_time=local_time,
+    )
+
+
+@bp.route("/campaigns/new", methods=["GET", "POST"])
+@member_required(manage=True)
+def new():
+    campaign = Campaign(state=CampaignState.DRAFT)
+    if request.method == "POST":
+        return _save(campaign, creating=True)
+    fields = _fields_of(campaign)
+    fields["name"] = ""
+    return _editor(campaign, fields)
+
+
+@bp.route("/campaigns/<int:campaign_id>/edit", methods=["GET", "POST"])
+@member_required(manage=True)
+def edit(campaign_id: int):
+    campaign = db.get_or_404(Campaign, campaign_id)
+    try:
+        check_action(campaign, "edit")
+    except CampaignError:
+        message = f"A {campaign.state.value} campaign cannot be edited; duplicate it to send it again."
+        return _campaign_block(campaign, 409, error=message)
+    if request.method == "POST":
+        return _save(campaign, creating=False)
+    return _editor(campaign, _fields_of(campaign))
+
+
+@bp.post("/campaigns/audience")
+@member_required
+def audience():
+    """The live count under the editor: who will receive the campaign and who is left out, and why."""
+    fields = _submitted_fields()
+    draft = Campaign(
+        page_id=_as_id(fields["page_id"]),
+        template_id=_as_id(fields["template_id"]),
+        body=fields["body"],
+        subject=fields["subject"],
+        audience={
+            "all": bool(fields["audience_all"]),
+            "lists": [i for i in map(_as_id, fields["list_ids"]) if i is not None],
+            "segments": [i for i in map(_as_id, fields["segment_ids"]) if i is not None],
+        },
+    )
+    problem = None
+    if draft.page_id is None:
+        problem = "Choose a page to see who the campaign reaches."
+    elif not (draft.audience["all"] or draft.audience["lists"] or draft.audience["segments"]):
+        problem = "Choose who receives it: all contacts, lists or segments."
+    counted = None if problem else count_audience(draft)
+    return render_page(
+        "campaigns/form.html",
+        "audience_count",
+        audience=counted,
+        problem=problem,
+        exclusion_text=EXCLUSION_TEXT,
+    )
+
+
+@bp.get("/campaigns/<int:campaign_id>")
+@member_required
+def show(campaign_id: int):
+    campaign = db.get_or_404(Campaign, campaign_id)
+    return _campaign_block(campaign)
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def _pause(campaign: Campaign) -> tuple[str, str]:
+    pause(campaign)
+    emit_state(campaign.id, "campaign:paused")
+    return "Campaign paused. Messages already being sent finish; nothing new starts.", "success"
+
+
+def _resume(campaign: Campaign) -> tuple[str, str]:
+    resume(campaign)
+    problem = launch_quietly(campaign)
+    emit_state(campaign.id, "campaign:started")
+    if problem:
+        return f"Campaign resumed, but {problem}. Sending goes on when they are back.", "error"
+    return "Campaign resumed.", "success"
+
+
+def _cancel(campaign: Campaign) -> tuple[str, str]:
+    cancelled = cancel(campaign)
+    emit_progress(campaign.id, campaign.tenant_id, force=True)
+    return f"Campaign cancelled; {cancelled:,} messages will not be sent.", "success"
+
+
+def _resend(campaign: Campaign) -> tuple[str, str]:
+    count = resend(campaign)
+    problem = launch_quietly(campaign)
+    emit_state(campaign.id, "campaign:started")
+    if problem:
+        return f"{count:,} messages queued again, but {problem}. Sending begins when they are back.", "error"
+    return f"Sending {count:,} failed and unknown messages again.", "success"
+
+
+@bp.post("/campaigns/<int:campaign_id>/start")
+@member_required(manage=True)
+def start_campaign(campaign_id: int):
+    return _act(campaign_id, _launch)
+
+
+@bp.post("/campaigns/<int:campaign_id>/pause")
+@member_required(manage=True)
+def pause_campaign(campaign_id: int):
+    return _act(campaign_id, _pause)
+
+
+@bp.post("/campaigns/<int:campaign_id>/resume")
+@member_required(manage=True)
+def resume_campaign(campaign_id: int):
+    return _act(campaign_id, _resume)
+
+
+@bp.post("/campaigns/<int:campaign_id>/cancel")
+@member_required(manage=True)
+def cancel_campaign(campaign_id: int):
+    return _act(campaign_id, _cancel)
+
+
+@bp.post("/campaigns/<int:campaign_id>/resend")
+@member_required(manage=True)
+def resend_campaign(campaign_id: int):
+    return _act(campaign_id, _resend)
+
+
+@bp.post("/campaigns/<int:campaign_id>/duplicate")
+@member_required(manage=True)
+def duplicate_campaign(campaign_id: int):
+    campaign = db.get_or_404(Campaign, campaign_id)
+    copy = duplicate(campaign)
+    flash(f"Campaign copied as {copy.name}, a draft. Check it and start it.", "success")
+    return redirect(url_for("campaigns.edit", campaign_id=copy.id))
+
+
+@bp.post("/campaigns/<int:campaign_id>/delete")
+@member_required(manage=True)
+def delete_campaign(campaign_id: int):
+    campaign = db.get_or_404(Campaign, campaign_id)
+    try:
+        check_action(campaign, "delete")
+    except CampaignError as exc:
+        return _campaign_block(campaign, 409, error=str(exc))
+    name = campaign.name
+    db.session.delete(campaign)
+    db.session.commit()
+    flash(f"Campaign {name} deleted, with its delivery history.", "success")
+    return redirect(url_for("campaigns.index"))
+
+
+def _test_recipient(page: Page) -> tuple[Contact | None, str]:
+    """The contact (if any) and the address a test goes to: a contact id, or an address typed in."""
+    raw_id = (request.form.get("contact_id") or "").strip()
+    address = (request.form.get("address") or "").strip()
+    if raw_id:
+        contact = db.session.get(Contact, _as_id(raw_id)) if _as_id(raw_id) is not None else None
+        if contact is None:
+            raise CampaignError(f"There is no contact {raw_id}.")
+        address = address or db.session.scalar(select(address_column(page)).where(Contact.id == contact.id))
+        if not address:
+            raise CampaignError(f"That contact has no {page.spec.address}.")
+        return contact, address
+    if not address:
+        raise CampaignError(f"Type a contact id or a {page.spec.address}.")
+    contact = db.session.scalar(select(Contact).where(address_column(page) == address).limit(1))
+    return contact, address
+
+
+@bp.post("/campaigns/<int:campaign_id>/test-send")
+@member_required(manage=True)
+def test_send(campaign_id: int):
+    """Send the campaign's message, rendered for one contact, to one address now."""
+    campaign = db.get_or_404(Campaign, campaign_id)
+    outcome, problem = None, None
+    try:
+        page = usable_page(campaign)
+        contact, address = _test_recipient(page)
+        compiled = compile_template(MessageSource.of(message_of(campaign)))
+        rendered = compiled.render(contact_variables(contact) if contact is not None else SAMPLE_VARIABLES)
+        if rendered.missing:
+            raise CampaignError(f"This contact has no {', '.join(sorted(rendered.missing))}.")
+        if not rendered.ok:
+            raise CampaignError(rendered.too_long or f"The message has a problem: {rendered.problems[0]}")
+        outcome = channel_checks.test_send(
+            channel_checks.connection_for(page, allowed_private_hosts()),
+            address,
+            rendered.text,
+            subject=rendered.subject or "Test from Crier",
+        )
+    except CampaignError as exc:
+        problem = str(exc)
+    return render_page(
+        "campaigns/show.html",
+        "test_send_result",
+        400 if problem else 200,
+        **_show_context(campaign, outcome=outcome, test_error=problem),
+    )
