@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select, text
 
-from tenants.accounts import find_user, sign_up
+from tenants.accounts import find_user, hash_password, sign_up
+from tenants.contacts import Contact, ContactList, ContactListMember
 from tenants.db import db
 from tenants.models import Tenant
-from tenants.pages import Page, ProviderKind, apply_form
+from tenants.pages import Page, PageState, ProviderKind, apply_form
 from tenants.scoping import tenant
 
 DEMO_EMAIL = "demo@crier.example"
@@ -80,3 +82,108 @@ def ensure_demo(sandbox_url: str, smtp_port: int) -> tuple[Tenant, str | None]:
             db.session.add(page)
         db.session.commit()
     return workspace, password
+
+
+DEMO_LIST = "Demo contacts"
+DEMO_CONTACTS = 1000  # what `make run` puts in the demo list
+FIRST_NAMES = ("Ana", "Bruno", "Chidi", "Dana", "Emeka", "Fatima", "Giulia", "Hiro", "Ines", "Jonas")
+CITIES = ("Lisbon", "Lagos", "Recife", "Osaka", "Berlin")
+
+
+@dataclass(frozen=True)
+class DemoSetup:
+    tenant_id: int
+    slug: str
+    email: str
+    password: str | None
+    page_id: int
+    list_id: int
+    contacts: int
+
+
+def demo_phone(number: int) -> str:
+    """A distinct UK mobile number per contact, never ending in the sandbox's "refuse" suffix 0000."""
+    return f"+447{number:08d}1"
+
+
+def refresh_demo(
+    sandbox_url: str,
+    smtp_port: int,
+    contacts: int,
+    kind: ProviderKind = ProviderKind.WHATSAPP,
+    page_url: str | None = None,
+    rate: float | None = None,
+    new_password: bool = True,
+) -> DemoSetup:
+    """Make the demo tenant ready to send: its login, one page of ``kind`` at the sandbox (or
+    ``page_url``) sending at ``rate``, and a list of ``contacts`` generated contacts."""
+    workspace, password = ensure_demo(sandbox_url, smtp_port)
+    user = find_user(DEMO_EMAIL)
+    if password is None and new_password:
+        password = secrets.token_urlsafe(12)
+        user.password_hash = hash_password(password)
+    workspace.max_recipients_per_campaign = max(workspace.max_recipients_per_campaign, contacts)
+    workspace.daily_message_quota = max(workspace.daily_message_quota, 10 * contacts, 1_000_000)
+    if rate:
+        workspace.max_send_rate = max(workspace.max_send_rate, int(rate))
+    db.session.commit()
+    with tenant(db.session, workspace.id):
+        spec = next(p for p in demo_pages(sandbox_url, smtp_port) if p[0] is kind)
+        page = db.session.scalar(select(Page).where(Page.kind == kind, Page.name == spec[1]))
+        if page is None:
+            page = Page(kind=kind)
+            db.session.add(page)
+        apply_form(
+            page,
+            name=spec[1],
+            base_url=page_url or spec[2],
+            send_rate=rate or page.send_rate or PROVIDER_DEMO_RATE,
+            daily_cap=None,
+            credentials=spec[3] if page.id is None else {},
+            settings=spec[4],
+        )
+        page.state, page.disabled_reason, page.throttled_until = PageState.ACTIVE, None, None
+        db.session.commit()
+        contact_list = _demo_list(contacts)
+        setup = DemoSetup(
+            workspace.id, workspace.slug, DEMO_EMAIL, password, page.id, contact_list.id, contacts
+        )
+        db.session.commit()
+    return setup
+
+
+def _demo_list(count: int) -> ContactList:
+    """The demo list holding exactly ``count`` generated contacts (regenerated when the size changes)."""
+    contact_list = db.session.scalar(select(ContactList).where(ContactList.name == DEMO_LIST))
+    if contact_list is None:
+        contact_list = ContactList(name=DEMO_LIST)
+        db.session.add(contact_list)
+        db.session.flush()
+    members = db.session.scalars(
+        select(ContactListMember.contact_id).where(ContactListMember.list_id == contact_list.id)
+    ).all()
+    if len(members) == count:
+        return contact_list
+    tenant_id = contact_list.tenant_id
+    db.session.execute(delete(Contact).where(Contact.email.like("demo-%@example.com")))
+    for start in range(0, count, 5000):
+        rows = [
+            {
+                "tenant_id": tenant_id,
+                "phone": demo_phone(n),
+                "email": f"demo-{n}@example.com",
+                "first_name": FIRST_NAMES[n % len(FIRST_NAMES)],
+                "last_name": f"Demo{n}",
+                "custom_fields": {"city": CITIES[n % len(CITIES)]},
+                "opted_out": False,
+            }
+            for n in range(start, min(count, start + 5000))
+        ]
+        ids = db.session.scalars(insert(Contact).returning(Contact.id), rows).all()
+        db.session.execute(
+            insert(ContactListMember),
+            [{"tenant_id": tenant_id, "list_id": contact_list.id, "contact_id": i} for i in ids],
+        )
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(text("ANALYZE contacts, contact_list_members"))  # fresh rows, fresh plans
+    return contact_list

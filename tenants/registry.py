@@ -1,5 +1,5 @@
 """Every model module, imported together so the metadata is complete (app, migrations, tests)."""
 
-from tenants import contacts, events, models, pages, templates
+from tenants import campaigns, contacts, events, models, pages, templates
 
-MODEL_MODULES = (models, pages, contacts, events, templates)
+MODEL_MODULES = (models, pages, contacts, events, templates, campaigns)

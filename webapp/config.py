@@ -62,6 +62,20 @@ def settings(instance: Path, env: Mapping[str, str] = os.environ) -> dict[str, A
         "EMBEDDED_REDIS_PORT": embedded_port,
         "REDIS_PREFIX": env.get("REDIS_PREFIX", "crier"),
         "TRUST_PROXY_HOPS": int(env.get("TRUST_PROXY_HOPS", "0")),
+        # the campaign engine (see tasks/dispatch.py and tasks/sweeper.py)
+        "DISPATCH_SLICE_SECONDS": float(env.get("CRIER_DISPATCH_SLICE_SECONDS", "2")),
+        "DISPATCH_WINDOW": int(env.get("CRIER_DISPATCH_WINDOW", "250")),
+        "DISPATCH_CHAINS": int(env.get("CRIER_DISPATCH_CHAINS", "2")),
+        "LEASE_SECONDS": float(env.get("CRIER_LEASE_SECONDS", "60")),
+        "RETRY_BASE_SECONDS": float(env.get("CRIER_RETRY_BASE_SECONDS", "2")),
+        "SWEEP_SECONDS": float(env.get("CRIER_SWEEP_SECONDS", "5")),
+        "STALE_DISPATCH_SECONDS": float(env.get("CRIER_STALE_DISPATCH_SECONDS", "20")),
+        "STOP_KEYWORDS": env.get(
+            "CRIER_STOP_KEYWORDS", "STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT,OPTOUT,OPT OUT,PARAR,SAIR,BAJA"
+        ),
+        "EXTRA_ALLOWED_HOSTS": [
+            h.strip() for h in env.get("CRIER_ALLOWED_PRIVATE_HOSTS", "").split(",") if h.strip()
+        ],
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": production,

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from tasks import channel_checks
 from tenants.db import db
-from tenants.demo import DEMO_EMAIL, ensure_demo
+from tenants.demo import DEMO_CONTACTS, DEMO_EMAIL, refresh_demo
 from tenants.pages import Page
 from tenants.scoping import tenant
 from webapp.extensions import socketio
@@ -115,10 +115,13 @@ def start_sandbox(app) -> subprocess.Popen:
 def prepare_demo(app, web_url: str) -> None:
     """Create the demo workspace once and, when the web server answers, route sandbox receipts to it."""
     with app.app_context():
-        workspace, password = ensure_demo(app.config["SANDBOX_URL"], app.config["SANDBOX_SMTP_PORT"])
-        if password:
-            click.secho(f"Demo workspace: sign in as {DEMO_EMAIL} with password {password}", fg="yellow")
-        tenant_id = workspace.id
+        setup = refresh_demo(
+            app.config["SANDBOX_URL"], app.config["SANDBOX_SMTP_PORT"], DEMO_CONTACTS, new_password=False
+        )
+        if setup.password:
+            click.secho(f"Demo workspace: sign in as {DEMO_EMAIL}, password {setup.password}", fg="yellow")
+        click.echo(f"Demo list: {DEMO_CONTACTS:,} contacts, ready for a campaign (Campaigns → New campaign).")
+        tenant_id = setup.tenant_id
 
     def answers(url: str) -> bool:
         try:
