@@ -164,6 +164,10 @@ class SendLoop:
     connection pool and one loop instead of one per thread (less memory, no loops competing for
     the interpreter). A slice's coroutine runs with its Dramatiq thread's context (its app context
     and database session) while that thread waits for it.
+
+    Shutting down is two steps: :meth:`wind_down` asks running slices to end now (they hand over to
+    their successor as at the end of a slice), and :meth:`close`, once the Dramatiq threads are done,
+    stops the loop; anything still on it then fails rather than leaving its thread waiting forever.
     """
 
     def __init__(self) -> None:
@@ -171,6 +175,8 @@ class SendLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._clients: dict[frozenset[str], Any] = {}
+        self._waiting: set[concurrent.futures.Future] = set()
+        self.winding_down = False
 
     def _start(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -208,8 +214,14 @@ class SendLoop:
 
             task.add_done_callback(finished)
 
-        loop.call_soon_threadsafe(begin)
-        return done.result()
+        with self._lock:
+            self._waiting.add(done)
+        try:
+            loop.call_soon_threadsafe(begin)
+            return done.result()
+        finally:
+            with self._lock:
+                self._waiting.discard(done)
 
     def client(self, allowed: frozenset[str]):
         """The process's HTTP client for pages that may reach ``allowed`` (call on the send loop)."""
@@ -220,13 +232,24 @@ class SendLoop:
             )
         return client
 
+    def wind_down(self) -> None:
+        """Ask every running slice to finish now (the worker is stopping)."""
+        self.winding_down = True
+
     def close(self) -> None:
         with self._lock:
             loop, self._loop = self._loop, None
+            waiting, self._waiting = list(self._waiting), set()
+        for done in waiting:  # a thread still waiting on a slice must not wait forever
+            if not done.done():
+                done.set_exception(RuntimeError("the send loop was closed"))
         if loop is None or loop.is_closed():
             return
 
         async def close_clients() -> None:
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
             for client in self._clients.values():
                 await client.aclose()
             self._clients.clear()
@@ -236,16 +259,24 @@ class SendLoop:
         loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=10)
-        loop.close()
+        if not loop.is_running():
+            loop.close()
 
 
 send_loop = SendLoop()
 
 
 class ThreadResources(dramatiq.Middleware):
-    """Close the process's send loop and its HTTP clients when the worker stops."""
+    """When the worker stops: end running slices at once, then close the send loop and its clients.
+
+    Dramatiq waits for its threads only after ``before_worker_shutdown``, so the loop closes in
+    ``after_worker_shutdown``; closing it earlier left the threads waiting on slices forever.
+    """
 
     def before_worker_shutdown(self, broker, worker) -> None:
+        send_loop.wind_down()
+
+    def after_worker_shutdown(self, broker, worker) -> None:
         send_loop.close()
 
 
@@ -479,7 +510,7 @@ class Slice:
                     await asyncio.to_thread(self.check_control)
                 if self.stop or self.page_fatal:
                     break
-                if now >= deadline:
+                if now >= deadline or send_loop.winding_down:
                     # the next slice starts while this one finishes the sends it holds slots for,
                     # so the page's slots keep being booked across the hand-over
                     self.successor_sent = await asyncio.to_thread(self.send_successor)

@@ -6,9 +6,11 @@ CRIER_TEST_REDIS.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -200,18 +202,22 @@ def _start(name: str, args: list[str], env_extra: dict | None = None) -> tuple[s
             stdout=handle,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env_extra or {})},
+            start_new_session=True,  # its own process group: _stop can reach the children it forks
         )
     return process, log
 
 
-def _stop(process: subprocess.Popen) -> None:
+def _stop(process: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM, then after ``timeout`` seconds SIGKILL to the whole process group (no orphans)."""
     if process.poll() is None:
         process.terminate()
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 
@@ -188,6 +189,27 @@ def test_at_least_once_pages_send_again_what_a_dead_worker_left(engine):
     assert {e["reference"] for e in engine.ledger()} == {
         str(d.id) for d in engine.deliveries(tenant_id, campaign_id)
     }
+
+
+def test_a_worker_stopped_mid_campaign_exits_promptly_and_another_finishes(engine):
+    tenant_id, page_id, list_id = engine.setup(contacts=1500, rate=150)
+    campaign_id = engine.campaign(tenant_id, page_id, list_id)
+    first = engine.worker()
+    engine.start(tenant_id, campaign_id)
+    engine.wait_for(lambda: engine.stats()["accepted"] >= 150, 20, "sending")
+
+    first.terminate()  # what Ctrl-C in `make run` or a deploy does
+    first.wait(timeout=10)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(first.pid, 0)  # the forked worker process exited too
+    at_stop = engine.status(tenant_id, campaign_id)
+    assert at_stop["state"] == "running" and at_stop["in_flight"] == 0, at_stop
+    engine.worker()
+
+    done = engine.wait(tenant_id, campaign_id, timeout=40)
+
+    assert done["sent"] == 1500 and done["unknown"] == 0
+    assert len(_no_duplicates(engine)) == 1500
 
 
 def test_a_small_campaign_is_not_starved_by_a_big_one(engine):
