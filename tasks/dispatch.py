@@ -72,7 +72,11 @@ T = TypeVar("T")
 RATE_MARGIN = 0.98  # pace a little under each limit: the provider sees our sends after some jitter
 MAX_RESLOTS = 3
 DISPATCH_CONNECTIONS = 200  # per worker thread: enough for thousands of sends/s at provider latencies
-LOOKAHEAD = 0.6  # seconds of send slots a slice books ahead (more would hold slots it may give back)
+LOOKAHEAD = 0.6  # no claiming while the page's slots are taken this far ahead (by any slice)
+BOOK_AHEAD = 0.1  # seconds of send slots a slice holds ahead; it books more as they run out
+CHUNK_SECONDS = 0.025  # slots are booked a few at a time, so the slices of a page take turns closely
+HANDOVER = 0.5  # seconds before a slice ends that it enqueues its successor (which then loads and claims)
+TICK = 0.01  # seconds between turns of a slice's loop while it has sends to book or to finish
 HEARTBEAT_EVERY = 1.0  # seconds between "this campaign has live dispatch" marks for the sweeper
 CHECK_EVERY = 0.2  # seconds between looks at the campaign's state (pause within 1 s)
 FLUSH_EVERY = 0.25  # seconds between bulk writes of outcomes
@@ -391,10 +395,10 @@ class Slice:
     throttled: SendResult | None = None
     page_fatal: SendResult | None = None
     booked_until: float = 0.0  # loop time of the last send slot this slice holds
+    ready: deque = field(default_factory=deque)  # claimed and rendered, waiting for a send slot
     last_heartbeat: float = field(default_factory=time.monotonic)
     reslots: int = 0  # sends that woke too late for their slot and took a new one
     successor_sent: bool = False
-    late: list[Claimed] = field(default_factory=list)  # waiting for new slots
 
     # ---- loading
 
@@ -502,6 +506,7 @@ class Slice:
         tasks: dict[asyncio.Task, Claimed] = {}
         last_check = last_flush = 0.0
         idle_until = 0.0
+        handed_over = False
         try:
             while True:
                 now = loop.time()
@@ -510,14 +515,18 @@ class Slice:
                     await asyncio.to_thread(self.check_control)
                 if self.stop or self.page_fatal:
                     break
-                if now >= deadline or send_loop.winding_down:
-                    # the next slice starts while this one finishes the sends it holds slots for,
-                    # so the page's slots keep being booked across the hand-over
-                    self.successor_sent = await asyncio.to_thread(self.send_successor)
-                    break
+                if send_loop.winding_down or now >= deadline - min(HANDOVER, settings.slice_seconds / 4):
+                    # the next slice gets ready while this one still sends, so the page's slots
+                    # keep being booked across the hand-over
+                    if not handed_over:
+                        handed_over = True  # once: if the broker is down, the actor tries again at the end
+                        self.successor_sent = await asyncio.to_thread(self.send_successor)
+                    if now >= deadline or send_loop.winding_down or not (tasks or self.ready):
+                        break
                 # the window counts every claimed delivery whose outcome is not yet written
-                room = settings.window - len(tasks) - len(self.late) - len(self.outcomes)
-                if room > 0 and now >= idle_until and self.booked_until - now < LOOKAHEAD:
+                room = settings.window - len(tasks) - len(self.ready) - len(self.outcomes)
+                claiming = not self.successor_sent  # after the hand-over the successor claims
+                if claiming and room > 0 and now >= idle_until and len(self.ready) <= self.chunk_size:
                     backlog = self.shared_backlog()
                     if backlog >= LOOKAHEAD:  # others hold the next slots: come back when they are near
                         idle_until = now + min(backlog - LOOKAHEAD / 2, CHECK_EVERY)
@@ -535,15 +544,11 @@ class Slice:
                 if self.outcomes and (len(self.outcomes) >= FLUSH_SIZE or now - last_flush >= FLUSH_EVERY):
                     last_flush = now
                     await self.flush()
-                if self.late:
-                    late, self.late = self.late, []
-                    await self.book(late, adapter, tasks)
-                if tasks:
-                    done, _ = await asyncio.wait(tasks, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        tasks.pop(task)
+                await self.book_ready(adapter, tasks)
+                if tasks or self.ready:
+                    await asyncio.sleep(TICK)
                 else:
-                    await asyncio.sleep(min(0.05, max(0.0, idle_until - loop.time())) or 0.01)
+                    await asyncio.sleep(min(0.05, max(0.0, idle_until - loop.time())) or TICK)
         except Exception:
             log.exception("campaign %s: the slice failed; giving back what it had not sent", self.campaign_id)
             self.stop = self.stop or "error"
@@ -556,31 +561,31 @@ class Slice:
             return not self.successor_sent  # the next slice starts afresh
         if self.reslots:
             log.info("campaign %s: %s sends woke too late and took new slots", self.campaign_id, self.reslots)
-        self.after_slice()
+        await asyncio.to_thread(self.after_slice)  # counts the deliveries: not on the loop others send on
         return self.stop is None and self.page_fatal is None and not self.successor_sent
 
     async def drain(self, tasks: dict[asyncio.Task, Claimed], adapter) -> None:
         """Let the sends this slice holds slots for finish, still writing outcomes and watching for
         pause or cancel; once the campaign stops, give back what has not started."""
         loop = asyncio.get_running_loop()
-        last_check = loop.time()
-        while tasks or self.late:
+        last_check = last_flush = loop.time()
+        while tasks or self.ready:
             if self.stop or self.page_fatal:
-                for task, item in tasks.items():
+                holding = list(tasks.items())
+                for task, item in holding:
                     if not item.started:
                         task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                late, self.late = self.late, []
-                unsent = {item.id: item for item in [*tasks.values(), *late] if not item.started}
+                await asyncio.gather(*(task for task, _ in holding), return_exceptions=True)
+                waiting = [item for _, item in holding] + list(self.ready)
+                self.ready.clear()
+                unsent = {item.id: item for item in waiting if not item.started}
                 self.give_back(list(unsent.values()))
                 return
-            if self.late:
-                late, self.late = self.late, []
-                await self.book(late, adapter, tasks)
-            done, _ = await asyncio.wait(tasks, timeout=FLUSH_EVERY, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                tasks.pop(task)
-            await self.flush()
+            await self.book_ready(adapter, tasks)
+            await asyncio.sleep(TICK)
+            if loop.time() - last_flush >= FLUSH_EVERY:
+                last_flush = loop.time()
+                await self.flush()
             if loop.time() - last_check >= CHECK_EVERY:
                 last_check = loop.time()
                 await asyncio.to_thread(self.check_control)
@@ -826,9 +831,23 @@ class Slice:
                 if waits.get(item.address, 0.0) > 0:
                     self.release(item, due_in=waits[item.address])
             sendable = [item for item in sendable if waits.get(item.address, 0.0) <= 0]
-            if not sendable:
-                return
-        await self.book(sendable, adapter, tasks)
+        self.ready.extend(sendable)
+
+    @functools.cached_property
+    def chunk_size(self) -> int:
+        """Slots booked at a time: ``CHUNK_SECONDS`` of the slowest limit (at least one)."""
+        return max(1, math.ceil(min(limit.rate for limit in self.limits) * CHUNK_SECONDS))
+
+    async def book_ready(self, adapter, tasks: dict[asyncio.Task, Claimed]) -> None:
+        """Book slots, a chunk at a time, for waiting deliveries until ``BOOK_AHEAD`` seconds are held.
+
+        Small chunks interleave the slices (and worker processes) of a page: each sends its share
+        evenly instead of the whole rate in turns, which a busy process could not keep up with.
+        """
+        loop = asyncio.get_running_loop()
+        while self.ready and self.booked_until - loop.time() < BOOK_AHEAD:
+            chunk = [self.ready.popleft() for _ in range(min(self.chunk_size, len(self.ready)))]
+            await self.book(chunk, adapter, tasks)
 
     async def book(self, sendable: list[Claimed], adapter, tasks: dict[asyncio.Task, Claimed]) -> None:
         """Reserve consecutive send slots for these deliveries (one Redis call) and start their tasks."""
@@ -846,6 +865,7 @@ class Slice:
         for item, delay in zip(sendable, delays, strict=True):
             task = loop.create_task(self.send_at(start + delay, item, adapter))
             tasks[task] = item
+            task.add_done_callback(tasks.pop)
 
     def give_back(self, items: list[Claimed]) -> None:
         cancelled = self.stop == "cancelled"
@@ -868,7 +888,7 @@ class Slice:
         if not stopping and loop.time() - at > self.max_lateness and item.reslots < MAX_RESLOTS:
             item.reslots += 1
             self.reslots += 1
-            self.late.append(item)  # the run loop books new slots for all late ones in one go
+            self.ready.appendleft(item)  # first in line for the next chunk of slots
             return
         if self.stop or self.page_fatal or self.throttled or time.monotonic() > item.deadline:
             self.give_back([item])
