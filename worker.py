@@ -4,6 +4,7 @@ import contextlib
 import ctypes
 import ctypes.util
 
+from tasks.runtime import calm_garbage_collector
 from webapp import create_app
 
 
@@ -19,3 +20,4 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 _limit_malloc_arenas()
 app = create_app()
 broker = app.extensions["crier.workers"].broker
+calm_garbage_collector()  # after start-up: what exists now stays out of collections

@@ -8,6 +8,7 @@ builds a ``RedisBroker`` for the app's configuration and binds every declared ac
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,11 @@ class LazyActor:
             raise WorkersUnreachable(exc) from exc
 
 
+def current_broker() -> CrierRedisBroker:
+    """The current app's broker."""
+    return current_app.extensions["crier.workers"].broker
+
+
 def actor(fn: Callable[..., Any] | None = None, *, queue_name: str = "default", **options: Any):
     """Declare a Dramatiq actor without needing a broker yet."""
 
@@ -114,6 +120,16 @@ class CrierRedisBroker(RedisBroker):
         if queue_name in PROMPT_QUEUES:
             timeout = min(timeout, PROMPT_QUEUES[queue_name])
         return super().consume(queue_name, prefetch=prefetch, timeout=timeout)
+
+    def live_processes(self, within_ms: int = 250) -> int:
+        """Worker processes that talked to the broker in the last ``within_ms`` (at least 1).
+
+        Dramatiq records a heartbeat per broker instance on every command; the consumers of
+        :data:`PROMPT_QUEUES` fetch every few dozen milliseconds, so a live worker is always recent,
+        while a process that only enqueued (the web app) soon is not.
+        """
+        now = int(time.time() * 1000)
+        return max(1, int(self.client.zcount(f"{self.namespace}:__heartbeats__", now - within_ms, "+inf")))
 
 
 class Workers:

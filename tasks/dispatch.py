@@ -27,8 +27,8 @@ import math
 import random
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
@@ -40,7 +40,7 @@ from flask import current_app
 from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from tasks.broker import WorkersUnreachable, actor
+from tasks.broker import WorkersUnreachable, actor, current_broker
 from tasks.limits import Limit, RateLimiter, burst_allowance
 from tasks.progress import emit_campaign_event
 from tasks.providers import adapter_for
@@ -75,6 +75,9 @@ DISPATCH_CONNECTIONS = 200  # per worker thread: enough for thousands of sends/s
 LOOKAHEAD = 0.6  # no claiming while the page's slots are taken this far ahead (by any slice)
 BOOK_AHEAD = 0.1  # seconds of send slots a slice holds ahead; it books more as they run out
 CHUNK_SECONDS = 0.025  # slots are booked a few at a time, so the slices of a page take turns closely
+WARM_UP = (0.5, 0.5)  # a page idle for a second sends its first half second at half its rate
+MAX_PASSES = 10  # times a slice may be passed on to spread a campaign's chains over worker processes
+PASS_PAUSE = 0.1  # seconds a worker holds a slice it passes on
 HANDOVER = 0.5  # seconds before a slice ends that it enqueues its successor (which then loads and claims)
 TICK = 0.01  # seconds between turns of a slice's loop while it has sends to book or to finish
 HEARTBEAT_EVERY = 1.0  # seconds between "this campaign has live dispatch" marks for the sweeper
@@ -135,7 +138,7 @@ def redis_client(app=None) -> redis.Redis:
 
 
 def rate_limiter() -> RateLimiter:
-    return RateLimiter(redis_client(), current_app.config["REDIS_PREFIX"])
+    return RateLimiter(redis_client(), current_app.config["REDIS_PREFIX"], warm_up=WARM_UP)
 
 
 def allowed_private_hosts(config) -> frozenset[str]:
@@ -181,6 +184,8 @@ class SendLoop:
         self._clients: dict[frozenset[str], Any] = {}
         self._waiting: set[concurrent.futures.Future] = set()
         self.winding_down = False
+        self._chains: Counter[tuple[int, int]] = Counter()  # (campaign, chain) -> slices running here
+        self._processes = (0.0, 1)  # (monotonic time read, live worker processes)
 
     def _start(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -235,6 +240,40 @@ class SendLoop:
                 guard=UrlGuard(allowed), max_connections=DISPATCH_CONNECTIONS
             )
         return client
+
+    @contextlib.contextmanager
+    def running(self, campaign_id: int, chain: int) -> Iterator[bool]:
+        """Count a slice of ``chain`` as running in this process while the block runs; yields whether
+        this process already ran its share of the campaign's other chains.
+
+        Two chains in one process and none in another would leave one process sending at the full
+        rate, late for its slots, while the other idles.
+        """
+        with self._lock:
+            others = sum(
+                1 for (campaign, running) in self._chains if campaign == campaign_id and running != chain
+            )
+            self._chains[campaign_id, chain] += 1
+        try:
+            crowded = bool(others) and others >= math.ceil(
+                DispatchSettings.of(current_app.config).chains / self.live_processes()
+            )
+            yield crowded
+        finally:
+            with self._lock:
+                self._chains[campaign_id, chain] -= 1
+                if not self._chains[campaign_id, chain]:
+                    del self._chains[campaign_id, chain]
+
+    def live_processes(self) -> int:
+        read_at, count = self._processes
+        if time.monotonic() - read_at > 1.0:
+            try:
+                count = current_broker().live_processes()
+            except redis.RedisError:
+                count = 1
+            self._processes = (time.monotonic(), count)
+        return count
 
     def wind_down(self) -> None:
         """Ask every running slice to finish now (the worker is stopping)."""
@@ -307,9 +346,22 @@ def launch_quietly(campaign: Campaign) -> str | None:
 
 
 @actor(queue_name="campaigns", max_retries=0, time_limit=15 * 60 * 1000)
-def dispatch_campaign(campaign_id: int, tenant_id: int, generation: int, chain: int) -> None:
-    """Run one slice of one chain of a campaign, then enqueue the next slice."""
-    with tenant(db.session, tenant_id):
+def dispatch_campaign(campaign_id: int, tenant_id: int, generation: int, chain: int, passes: int = 0) -> None:
+    """Run one slice of one chain of a campaign, then enqueue the next slice.
+
+    A worker process already running its share of the campaign's chains passes the slice on
+    (up to ``MAX_PASSES`` times), so that the chains spread over the worker processes.
+    """
+    with send_loop.running(campaign_id, chain) as crowded, tenant(db.session, tenant_id):
+        if crowded and passes < MAX_PASSES:
+            # wait a moment first: a consumer that just fetched polls again within milliseconds
+            # and would win the message straight back; by then it backs off like the others
+            time.sleep(PASS_PAUSE * random.uniform(0.5, 1.5))
+            try:
+                dispatch_campaign.send(campaign_id, tenant_id, generation, chain, passes + 1)
+                return
+            except WorkersUnreachable:
+                pass  # run it here
         job = Slice.load(campaign_id, generation, chain)
         if job is None:
             return

@@ -20,6 +20,7 @@ spaced exactly and loses no capacity, so workers that keep asking achieve the fu
 
 Keys (all expire on their own; if Redis loses them every limit simply starts fresh):
 ``{prefix}:rate:{key}`` tat in microseconds, ``{prefix}:slow:{key}`` slow-down factor,
+``{prefix}:warm:{key}`` warm-up factor (set when a limit is used after being idle, if asked for),
 ``{prefix}:pair:{key}:{recipient}`` per-recipient pacing mark. Requires Redis >= 5 (effects replication,
 so scripts may call ``TIME`` and then write).
 """
@@ -85,15 +86,22 @@ local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 _RESERVE = (
     _REDIS_NOW
     + """
--- KEYS[2i-1]: tat of limit i; KEYS[2i]: its slow-down factor (absent: 1).
--- ARGV: count, burst fraction, expiry margin (ms), then the rate of each limit (messages/s).
+-- KEYS[3i-2]: tat of limit i; KEYS[3i-1]: its slow-down factor (absent: 1); KEYS[3i]: its warm-up
+-- factor (absent: 1). ARGV: count, burst fraction, expiry margin (ms), warm-up ms, warm-up factor,
+-- then the rate of each limit (messages/s).
 local count, burst_fraction, margin = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local limits = #KEYS / 2
+local warm_up_ms, warm_up_factor = tonumber(ARGV[4]), ARGV[5]
+local limits = #KEYS / 3
 local start, interval = now, 0
 local free_at, spacing, max_lag = {}, {}, {}
 for i = 1, limits do
-  local rate = tonumber(ARGV[3 + i]) * tonumber(redis.call('GET', KEYS[2 * i]) or '1')
-  free_at[i] = math.max(now, tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0'))
+  local tat = redis.call('GET', KEYS[3 * i - 2])
+  if not tat and warm_up_ms > 0 then  -- idle (or never used): start at a fraction of the rate
+    redis.call('SET', KEYS[3 * i], warm_up_factor, 'PX', warm_up_ms)
+  end
+  local rate = tonumber(ARGV[5 + i]) * tonumber(redis.call('GET', KEYS[3 * i - 1]) or '1')
+    * tonumber(redis.call('GET', KEYS[3 * i]) or '1')
+  free_at[i] = math.max(now, tonumber(tat or '0'))
   spacing[i] = 1000000 / rate
   -- how far a slot may trail this limit's own schedule: half its burst (the sender's jitter gets the rest)
   max_lag[i] = math.max(1, math.floor(rate * burst_fraction)) * spacing[i] / 2
@@ -106,7 +114,7 @@ local last = start + (count - 1) * interval
 for i = 1, limits do
   local tat = math.max(free_at[i] + count * spacing[i], last + spacing[i] - max_lag[i])
   local ttl = math.ceil((tat - now) / 1000) + margin
-  redis.call('SET', KEYS[2 * i - 1], string.format('%.17g', tat), 'PX', string.format('%d', ttl))
+  redis.call('SET', KEYS[3 * i - 2], string.format('%.17g', tat), 'PX', string.format('%d', ttl))
 end
 return {string.format('%.17g', start - now), string.format('%.17g', interval)}
 """
@@ -148,9 +156,13 @@ return waits
 class RateLimiter:
     """GCRA send slots and per-recipient pacing, shared through Redis by every worker using ``prefix``."""
 
-    def __init__(self, client: redis.Redis, prefix: str):
+    def __init__(self, client: redis.Redis, prefix: str, warm_up: tuple[float, float] | None = None):
+        """``warm_up`` (factor, seconds): a limit that was idle runs at ``factor`` of its rate for its
+        first ``seconds`` (senders' connections and code paths are cold then, and their first
+        sends bunch); None: full rate at once."""
         self.client = client
         self.prefix = prefix
+        self.warm_up = warm_up
         self._reserve = client.register_script(_RESERVE)
         self._cool_down = client.register_script(_COOL_DOWN)
         self._slow_down = client.register_script(_SLOW_DOWN)
@@ -161,6 +173,9 @@ class RateLimiter:
 
     def slow_key(self, key: str) -> str:
         return f"{self.prefix}:slow:{key}"
+
+    def warm_key(self, key: str) -> str:
+        return f"{self.prefix}:warm:{key}"
 
     def pair_key(self, key: str, recipient: str) -> str:
         return f"{self.prefix}:pair:{key}:{recipient}"
@@ -181,8 +196,19 @@ class RateLimiter:
             slowest[limit.key] = min(limit.rate, slowest.get(limit.key, math.inf))
         if not slowest:
             return Reservation(count=count, start_in=0.0, interval=0.0)
-        keys = [name for key in slowest for name in (self.rate_key(key), self.slow_key(key))]
-        args = [count, BURST_FRACTION, EXPIRY_MARGIN_MS, *(repr(rate) for rate in slowest.values())]
+        keys = [
+            name for key in slowest for name in (self.rate_key(key), self.slow_key(key), self.warm_key(key))
+        ]
+        factor, seconds = self.warm_up or (1.0, 0.0)
+        warm_up_ms = max(0, math.ceil(seconds * 1000))
+        args = [
+            count,
+            BURST_FRACTION,
+            EXPIRY_MARGIN_MS,
+            warm_up_ms,
+            repr(factor),
+            *(repr(rate) for rate in slowest.values()),
+        ]
         start_in_us, interval_us = self._reserve(keys=keys, args=args)
         return Reservation(
             count=count, start_in=max(0.0, float(start_in_us) / 1e6), interval=float(interval_us) / 1e6

@@ -259,3 +259,22 @@ def test_a_campaign_whose_sends_keep_failing_pauses_itself(engine):
     assert 20 <= paused["failed"] < 300, "it should stop soon after the failures start, not at the end"
     failed = [d for d in engine.deliveries(tenant_id, campaign_id) if d.state is DeliveryState.FAILED]
     assert failed and all(d.error_code and d.error_text for d in failed)
+
+
+def test_a_worker_process_passes_on_a_chain_once_it_runs_its_share_of_the_campaign(app, monkeypatch):
+    from tasks.dispatch import SendLoop
+
+    loop = SendLoop()
+    with app.app_context():  # two chains per campaign (the default)
+        monkeypatch.setattr(loop, "live_processes", lambda: 2)
+        with loop.running(7, 0) as first:
+            with loop.running(7, 1) as second, loop.running(8, 1) as other_campaign:
+                pass
+            with loop.running(7, 0) as successor:  # the same chain handing over to its next slice
+                pass
+        monkeypatch.setattr(loop, "live_processes", lambda: 1)
+        with loop.running(7, 0), loop.running(7, 1) as alone:
+            pass
+
+    assert (first, second, other_campaign, successor) == (False, True, False, False)
+    assert alone is False, "with one worker process it runs every chain"

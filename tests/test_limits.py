@@ -54,6 +54,23 @@ def test_consecutive_reservations_on_one_limit_follow_each_other_exactly(limiter
     assert 1000 < tat_ttl_ms <= 1200, "an idle limit's key goes away a second after its tat"
 
 
+def test_an_idle_limit_warms_up_at_a_fraction_of_its_rate_then_runs_at_full_rate(prefix: str):
+    client = redis.Redis.from_url(REDIS_URL)
+    warming = RateLimiter(client, prefix, warm_up=(0.5, 0.3))
+    page = [Limit("page:1", 100)]
+    try:
+        first = warming.reserve(page, 10)
+        assert first.interval == pytest.approx(0.02), "an idle page starts at half its rate"
+        time.sleep(0.35)  # the warm-up is over; the limit has stayed in use
+        later = warming.reserve(page, 10)
+        assert later.interval == pytest.approx(0.01)
+        time.sleep(later.start_in + 1.2)  # idle for over a second: its key is gone
+        again = warming.reserve(page, 10)
+        assert again.interval == pytest.approx(0.02), "a page idle again warms up again"
+    finally:
+        client.close()
+
+
 def test_several_limits_go_at_the_slowest_rate(limiter: RateLimiter):
     reservation = limiter.reserve([Limit("tenant:1", 100), Limit("page:1", 50), Limit("campaign:1", 20)], 3)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tasks.runtime import calm_garbage_collector
 from tasks.sandbox.app import Sandbox, build_app
 from tasks.sandbox.behaviour import SandboxConfig
 from tasks.sandbox.smtp import start_smtp
@@ -68,5 +69,6 @@ def run(host: str = "127.0.0.1", port: int = 8025, smtp_port: int | None = 8026,
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = SandboxConfig.from_mapping(config)
+    calm_garbage_collector()  # its ledger grows by the message: full collections would stall it
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_until_signalled(host, port, smtp_port, settings))
