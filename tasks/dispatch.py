@@ -593,7 +593,9 @@ class Slice:
                         idle_until = loop.time() + wait
                     else:
                         idle_until = loop.time() + 0.1
-                if self.outcomes and (len(self.outcomes) >= FLUSH_SIZE or now - last_flush >= FLUSH_EVERY):
+                # outcomes count against the window: write them once they fill half of it
+                flush_at = min(FLUSH_SIZE, max(1, settings.window // 2))
+                if self.outcomes and (len(self.outcomes) >= flush_at or now - last_flush >= FLUSH_EVERY):
                     last_flush = now
                     await self.flush()
                 await self.book_ready(adapter, tasks)
