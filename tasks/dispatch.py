@@ -48,6 +48,7 @@ from tasks.providers.base import Outcome, OutgoingMessage, PageConnection, SendR
 from tasks.providers.http import make_client
 from tasks.providers.ssrf import UrlGuard
 from tenants.campaigns import (
+    RENDER_COLUMNS,
     Campaign,
     CampaignState,
     DailyUsage,
@@ -91,16 +92,7 @@ LONG_THROTTLE = 30.0  # a cool-down longer than this pauses the page's campaigns
 PAIR_INTERVAL = 6.0  # WhatsApp: one message to the same person per page every few seconds
 ERROR_WINDOW, ERROR_MIN_SAMPLE = 100, 20
 TABLE = Delivery.__table__
-CONTACT_COLUMNS = (
-    Contact.id,
-    Contact.first_name,
-    Contact.last_name,
-    Contact.phone,
-    Contact.email,
-    Contact.company,
-    Contact.custom_fields,
-    Contact.opted_out,
-)
+CONTACT_COLUMNS = (*RENDER_COLUMNS, Contact.opted_out)
 
 
 # --------------------------------------------------------------------------- settings and plumbing

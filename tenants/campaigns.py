@@ -63,6 +63,18 @@ from tenants.templating import (
 ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite only autoincrements INTEGER PRIMARY KEY
 
 
+RENDER_COLUMNS = (
+    Contact.id,
+    Contact.first_name,
+    Contact.last_name,
+    Contact.phone,
+    Contact.email,
+    Contact.company,
+    Contact.custom_fields,
+)
+"""The contact columns a message is rendered from (``contact_variables``)."""
+
+
 class CampaignState(enum.StrEnum):
     DRAFT = "draft"
     SCHEDULED = "scheduled"
@@ -532,15 +544,9 @@ def _survey(audience: Mapping[str, Any], message: Mapping[str, Any], page: Page,
             # Many look incomplete: most likely they have a custom variable under an alias
             # ("Home Town" for {{home_town}}). Reading their keys is cheaper than rendering them all.
             suspect = maybe_missing_filter(message, _custom_keys(*eligible_suspects))
-        rows = select(
-            Contact.id,
-            Contact.first_name,
-            Contact.last_name,
-            Contact.phone,
-            Contact.email,
-            Contact.company,
-            Contact.custom_fields,
-        ).where(*in_audience, Contact.opted_out.is_(False), address.is_not(None), suspect)
+        rows = select(*RENDER_COLUMNS).where(
+            *in_audience, Contact.opted_out.is_(False), address.is_not(None), suspect
+        )
         missing = _truly_missing(message, rows)
     return _Survey(candidates, matched, int(totals[1] or 0), int(totals[2] or 0), missing)
 

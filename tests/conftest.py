@@ -27,6 +27,8 @@ from flask import Flask
 
 from tasks.sandbox.process import SandboxProcess, free_port
 
+pytest_plugins = ["tests.browsers"]  # the Chromium fixtures of the browser tests
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("CRIER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("CRIER_TEST_REDIS", "redis://127.0.0.1:6379/0")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 import time
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 from sqlalchemy import insert, select
 
 from tenants.contacts import Contact, ContactList, ContactListMember
@@ -17,31 +16,14 @@ from tenants.scoping import all_tenants, tenant
 from tests.conftest import ARTIFACTS, PASSWORD
 from tests.factories import tenant_named
 
-CHROMIUM = os.environ.get("CRIER_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
 RECIPIENTS = 300
 SENT_COUNT = "() => Number(document.querySelector('[data-count=sent]')?.textContent.replace(/,/g, '') || 0)"
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
-def page(browser, request):
-    context = browser.new_context()
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    page.on("dialog", lambda dialog: dialog.accept())
-    yield page
-    if getattr(request.node, "failed", False):
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
-    context.close()
+def page(page):
+    page.on("dialog", lambda dialog: dialog.accept())  # the campaign page confirms cancel
+    return page
 
 
 def _add_contacts(app, workspace: str) -> None:
