@@ -36,6 +36,7 @@ lint: install
 bench: install
 	$(BIN)/python bench/sandbox_throughput.py --expect-rps 3000
 	$(BIN)/python bench/transport.py
+	$(BIN)/python bench/campaign_start.py
 	$(BIN)/python bench/campaign_engine.py
 
 format: install

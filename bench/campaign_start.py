@@ -99,10 +99,12 @@ def explain_statements(engine) -> None:
         if executemany or not statement.lstrip().upper().startswith(("SELECT", "INSERT", "UPDATE", "DELETE")):
             return
         print("\n---", " ".join(statement.split())[:400])
-        cursor.execute("SAVEPOINT bench_explain")
-        cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters)
-        print("\n".join(row[0] for row in cursor.fetchall()))
-        cursor.execute("ROLLBACK TO SAVEPOINT bench_explain")
+        # a plain cursor of the same connection: the statement's own may be a server-side one
+        with conn.connection.driver_connection.cursor() as plain:
+            plain.execute("SAVEPOINT bench_explain")
+            plain.execute("EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters)
+            print("\n".join(row[0] for row in plain.fetchall()))
+            plain.execute("ROLLBACK TO SAVEPOINT bench_explain")
 
 
 class StatementTimes(list):

@@ -22,7 +22,7 @@ from tenants.campaigns import (
     start,
 )
 from tenants.contacts import Contact, ContactChannelId, ContactList, ContactListMember, Segment
-from tenants.db import db
+from tenants.db import db, utcnow
 from tenants.models import Tenant
 from tenants.pages import Page, ProviderKind, apply_form, disable
 from tenants.scoping import all_tenants, tenant
@@ -337,10 +337,12 @@ def test_the_message_is_snapshotted_at_start(acme):
 def test_a_time_is_read_in_the_tenants_timezone_and_schedules_the_campaign(acme):
     page = acme.page()
     acme.person("Ana")
-    campaign = acme.campaign(page, audience_all="1", schedule="at", scheduled_at="2026-12-01T09:30")
-    assert campaign.scheduled_at == datetime(2026, 12, 1, 12, 30, tzinfo=UTC)  # São Paulo is UTC-3
+    day = (utcnow() + timedelta(days=30)).date()  # a form refuses a time that has passed
+    campaign = acme.campaign(page, audience_all="1", schedule="at", scheduled_at=f"{day}T09:30")
+    due = datetime(day.year, day.month, day.day, 12, 30, tzinfo=UTC)
+    assert campaign.scheduled_at == due  # São Paulo is UTC-3 all year
 
-    assert start(campaign, now=datetime(2026, 12, 1, 12, 29, tzinfo=UTC)) is False
+    assert start(campaign, now=due - timedelta(minutes=1)) is False
     assert campaign.state is CampaignState.SCHEDULED and campaign.message is None
     assert recipients(campaign) == {}
 
@@ -352,7 +354,7 @@ def test_a_time_is_read_in_the_tenants_timezone_and_schedules_the_campaign(acme)
             db.session.add(Contact(first_name="Zoe", phone="+5511961999999"))
             db.session.commit()
         # when due, the sweeper starts it, working inside all_tenants
-        assert start(campaign, now=datetime(2026, 12, 1, 12, 30, tzinfo=UTC)) is True
+        assert start(campaign, now=due) is True
         assert list(recipients(campaign)) == ["Ana"]  # every tenant's deliveries: Zoe has none
     assert campaign.state is CampaignState.RUNNING and campaign.total == 1
 
