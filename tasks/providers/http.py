@@ -31,12 +31,13 @@ import logging
 import re
 import ssl
 import weakref
-from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar, NamedTuple
 
 import aiohttp
 import aiohttp.abc
 import httpx
+import yarl
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
 
@@ -172,7 +173,7 @@ class HttpAdapter:
     async def _verify(self) -> VerifyResult:
         raise NotImplementedError
 
-    async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response | SendResult:
+    async def _request(self, method: str, url: str, **kwargs: Any) -> Answer | httpx.Response | SendResult:
         """The answer, or the :class:`SendResult` of a request that got none (or was refused)."""
         try:
             if self.guard is not None and url not in self._checked_urls:
@@ -187,17 +188,61 @@ class HttpAdapter:
             return transport_failure(exc, self.label)
         return self._scrubbed(response)
 
-    def _scrubbed(self, response: httpx.Response) -> httpx.Response:
+    def _scrubbed(self, response: Answer | httpx.Response) -> Answer | httpx.Response:
         """``response`` with any credential echoed in its body blanked, before excerpts are cut from it."""
         content = response.content
         if not any(form in content for form in self._secret_forms):
             return response
         for form in self._secret_forms:
             content = content.replace(form, REDACTED.encode())
+        if isinstance(response, Answer):
+            return Answer(response.status_code, response.headers, content, response.url)
         headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-length"]
         return httpx.Response(
             response.status_code, headers=headers, content=content, request=response.request
         )
+
+
+class Answer:
+    """A provider's answer, read whole: what the adapters and classifiers read of an
+    :class:`httpx.Response` (status, case-insensitive headers, body, URL), without building one.
+
+    Building an ``httpx.Request`` and ``httpx.Response`` per send cost as much of the dispatch send
+    loop as aiohttp's own request; this is a few attribute stores.
+    """
+
+    __slots__ = ("content", "headers", "status_code", "url")
+
+    def __init__(self, status_code: int, headers: Mapping[str, str], content: bytes, url: httpx.URL):
+        self.status_code = status_code
+        self.headers = headers  # case-insensitive (aiohttp's CIMultiDictProxy)
+        self.content = content
+        self.url = url
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    @property
+    def is_redirect(self) -> bool:
+        return self.status_code in (301, 302, 303, 307, 308) and "location" in self.headers
+
+    @property
+    def text(self) -> str:
+        charset = _CHARSET.search(self.headers.get("content-type") or "")
+        try:
+            return self.content.decode(charset.group(1) if charset else "utf-8", errors="replace")
+        except LookupError:  # a charset Python does not know
+            return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    def __repr__(self) -> str:
+        return f"<Answer [{self.status_code}]>"
+
+
+_CHARSET = re.compile(r"charset=[\"']?([\w.:-]+)", re.IGNORECASE)
 
 
 class CrierAiohttpTransport(AiohttpTransport):
@@ -215,7 +260,7 @@ class CrierAiohttpTransport(AiohttpTransport):
         self._limit_per_host = max_connections_per_host
         self.guard = guard
         self._resolver: aiohttp.abc.AbstractResolver | None = None
-        self._urls: dict[tuple[str, tuple | None], httpx.URL] = {}
+        self._urls: dict[tuple[str, tuple | None], _Target] = {}
 
     def _new_session(self) -> aiohttp.ClientSession:
         guard_options: dict[str, Any] = {}
@@ -242,17 +287,17 @@ class CrierAiohttpTransport(AiohttpTransport):
         json: Any = None,
         content: bytes | None = None,
     ) -> httpx.Response:
-        """One request straight on the aiohttp session: what ``client.request`` would answer or raise.
+        """One request straight on the aiohttp session: what ``client.request`` would answer (as an
+        :class:`Answer`) or raise.
 
         httpx's client machinery (request building, header merging, auth and redirect hooks, the
-        stream wrappers) cost several times aiohttp's own work per request; the dispatch send loop
-        spent most of its time there. The answer is read whole, as the adapters read it anyway.
+        stream wrappers, the request and response objects) cost several times aiohttp's own work
+        per request; the dispatch send loop spent most of its time there. The answer is read whole,
+        as the adapters read it anyway.
         """
-        request = httpx.Request(method, self._parsed_url(url, params))
+        parsed = self._parsed_url(url, params)
         body = content if json is None else _json_bytes(json)
-        sent_headers = {"User-Agent": USER_AGENT}
-        if json is not None:
-            sent_headers["Content-Type"] = "application/json"
+        sent_headers = _JSON_HEADERS.copy() if json is not None else _PLAIN_HEADERS.copy()
         if headers:
             sent_headers.update(headers)
         if not isinstance(self.client, aiohttp.ClientSession):
@@ -261,28 +306,26 @@ class CrierAiohttpTransport(AiohttpTransport):
             with map_aiohttp_exceptions():
                 async with self.client.request(
                     method,
-                    str(request.url),
+                    parsed.target,
                     data=body,
                     headers=sent_headers,
                     allow_redirects=False,
                     timeout=timeout,
                 ) as answer:
                     data = await answer.read()
-                    raw_headers = answer.raw_headers
-                    status = answer.status
+                    return Answer(answer.status, answer.headers, data, parsed.url)
         except httpx.TransportError as exc:
-            raise _corrected(exc, request) from exc.__cause__
-        kept = [(name, value) for name, value in raw_headers if name.lower() not in _DECODED_HEADERS]
-        return httpx.Response(status, headers=kept, content=data, request=request)
+            raise _corrected(exc, httpx.Request(method, parsed.url)) from exc.__cause__
 
-    def _parsed_url(self, url: str, params: dict[str, str] | None) -> httpx.URL:
+    def _parsed_url(self, url: str, params: dict[str, str] | None) -> _Target:
         """``url`` with ``params``, parsed once: an adapter sends to the same few URLs again and again."""
         key = (url, tuple(params.items()) if params else None)
         parsed = self._urls.get(key)
         if parsed is None:
             if len(self._urls) >= 256:
                 self._urls.clear()
-            parsed = self._urls[key] = httpx.URL(url, params=params)
+            full = httpx.URL(url, params=params)
+            parsed = self._urls[key] = _Target(full, yarl.URL(str(full), encoded=True))
         return parsed
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -299,7 +342,13 @@ class CrierAiohttpTransport(AiohttpTransport):
             await self._resolver.close()
 
 
-_DECODED_HEADERS = frozenset({b"content-encoding", b"content-length", b"transfer-encoding"})
+class _Target(NamedTuple):
+    url: httpx.URL  # what answers and errors report
+    target: yarl.URL  # what aiohttp sends to (already encoded: it skips parsing it again)
+
+
+_PLAIN_HEADERS = {"User-Agent": USER_AGENT}
+_JSON_HEADERS = {"User-Agent": USER_AGENT, "Content-Type": "application/json"}
 
 
 def _json_bytes(value: Any) -> bytes:
