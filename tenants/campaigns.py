@@ -182,7 +182,9 @@ class Delivery(TenantScoped, db.Model):
 
     __tablename__ = "deliveries"
     __table_args__ = (
-        Index("ix_deliveries_due", "campaign_id", "state", "due_at"),
+        # in claim order (due_at, then id): a claim reads its batch off the index instead of sorting
+        # every pending row of the campaign (92 ms per claim at 100,000 pending, and growing)
+        Index("ix_deliveries_due", "campaign_id", "state", "due_at", "id"),
         # only the few rows in flight: the sweeper's expired leases, a tenant's sends under way
         Index(
             "ix_deliveries_in_flight",

@@ -1,4 +1,4 @@
-"""Lean deliveries: statement-level campaign checks instead of per-row foreign keys, fewer indexes
+"""Lean deliveries: statement-level campaign checks instead of per-row foreign keys; indexes for claims
 
 Revision ID: 0006_lean_deliveries
 Revises: 0005_campaigns
@@ -17,10 +17,12 @@ three of ``deliveries`` took 2.4 s of a 4.5 s start of 100,000 recipients (bench
 * no key on ``contact_id``: nothing looks deliveries up by contact, and a deleted contact's id
   reads as no contact, as the NULL that ``ON DELETE SET NULL`` wrote did.
 
-Indexes: ``ix_deliveries_tenant_id``, ``ix_deliveries_contact`` and the unique (campaign,
-contact) pair go (every query on deliveries names its campaign; start picks one row per
-address itself); the lease and provider-message indexes become partial, so rows are in them
-only while in flight, or once the provider gave an id.
+Indexes: a claim takes the campaign's due rows in ``(due_at, id)`` order, and the due index
+lacked ``id``, so every claim sorted all the campaign's pending rows (92 ms at 100,000, spilling
+to disk); with ``id`` in it the batch is read off the index (6 ms). ``ix_deliveries_tenant_id``,
+``ix_deliveries_contact`` and the unique (campaign, contact) pair go (every query on deliveries
+names its campaign; start picks one row per address itself); the lease and provider-message
+indexes become partial, so rows are in them only while in flight, or once the provider gave an id.
 
 SQLite (the embedded default) gets the same rules as row-level triggers.
 """
@@ -111,6 +113,7 @@ HAS_PROVIDER_ID = "provider_message_id IS NOT NULL"
 def upgrade():
     postgresql = op.get_bind().dialect.name == "postgresql"
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
+        batch_op.drop_index("ix_deliveries_due")
         batch_op.drop_index("ix_deliveries_tenant_id")
         batch_op.drop_index("ix_deliveries_contact")
         batch_op.drop_index("ix_deliveries_lease")
@@ -119,6 +122,7 @@ def upgrade():
         batch_op.drop_constraint("fk_deliveries_campaign_id_campaigns", type_="foreignkey")
         batch_op.drop_constraint("fk_deliveries_contact_id_contacts", type_="foreignkey")
         batch_op.drop_constraint("fk_deliveries_tenant_id_tenants", type_="foreignkey")
+        batch_op.create_index("ix_deliveries_due", ["campaign_id", "state", "due_at", "id"])
         batch_op.create_index(
             "ix_deliveries_in_flight",
             ["lease_until"],
@@ -147,6 +151,8 @@ def downgrade():
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
         batch_op.drop_index("ix_deliveries_provider_message")
         batch_op.drop_index("ix_deliveries_in_flight")
+        batch_op.drop_index("ix_deliveries_due")
+        batch_op.create_index("ix_deliveries_due", ["campaign_id", "state", "due_at"], unique=False)
         batch_op.create_foreign_key(
             "fk_deliveries_tenant_id_tenants", "tenants", ["tenant_id"], ["id"], ondelete="CASCADE"
         )

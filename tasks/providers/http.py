@@ -274,7 +274,9 @@ class CrierAiohttpTransport(AiohttpTransport):
             ssl=self.ssl_context,
             **guard_options,
         )
-        return aiohttp.ClientSession(connector=connector, trust_env=False)
+        # no cookie jar: provider APIs use none, and one session serves every tenant's pages
+        jar = aiohttp.DummyCookieJar()
+        return aiohttp.ClientSession(connector=connector, trust_env=False, cookie_jar=jar)
 
     async def direct_request(
         self,
