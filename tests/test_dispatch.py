@@ -278,3 +278,22 @@ def test_a_worker_process_passes_on_a_chain_once_it_runs_its_share_of_the_campai
 
     assert (first, second, other_campaign, successor) == (False, True, False, False)
     assert alone is False, "with one worker process it runs every chain"
+
+
+def test_a_slice_keeps_claiming_until_its_successor_of_the_same_chain_has_started(app):
+    from tasks.dispatch import Slice
+
+    def slice_of(chain: int, generation: int = 0) -> Slice:
+        job = Slice.__new__(Slice)  # only what the hand-over reads
+        job.campaign_id, job.generation, job.chain, job.start_number = 9, generation, chain, None
+        return job
+
+    with app.app_context():
+        current = slice_of(0)
+        current.mark_started()
+        assert current.successor_started() is False
+        slice_of(1).mark_started()  # another chain's slice
+        slice_of(0, generation=1).mark_started()  # a newer generation's (the old one stops anyway)
+        assert current.successor_started() is False
+        slice_of(0).mark_started()  # its successor, in whichever worker process got it
+        assert current.successor_started() is True
