@@ -109,15 +109,16 @@ WRITE_OUTCOME = (  # one row of outcomes (executemany), for databases without ar
         lease_until=None,
     )
 )
-WRITE_OUTCOMES_POSTGRESQL = text(
+WRITE_OUTCOMES_POSTGRESQL = text(  # the same rows as arrays, one a column
     """
     UPDATE deliveries AS d
     SET state = v.state, attempts = v.attempts, due_at = v.due_at,
         provider_message_id = v.provider_message_id, error_code = v.error_code,
         error_text = v.error_text, sent_at = v.sent_at, lease_until = NULL
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:states AS varchar[]), CAST(:attempts AS integer[]),
-                CAST(:due AS timestamptz[]), CAST(:provider_ids AS varchar[]), CAST(:codes AS varchar[]),
-                CAST(:texts AS varchar[]), CAST(:sent AS timestamptz[]))
+    FROM unnest(CAST(:b_id AS bigint[]), CAST(:b_state AS varchar[]), CAST(:b_attempts AS integer[]),
+                CAST(:b_due_at AS timestamptz[]), CAST(:b_provider_message_id AS varchar[]),
+                CAST(:b_error_code AS varchar[]), CAST(:b_error_text AS varchar[]),
+                CAST(:b_sent_at AS timestamptz[]))
          AS v(id, state, attempts, due_at, provider_message_id, error_code, error_text, sent_at)
     WHERE d.id = v.id AND d.tenant_id = :tenant_id AND d.state = 'in_flight'
     RETURNING d.id
@@ -1153,23 +1154,26 @@ class Slice:
 
     def _write_rows(self, outcomes: list[Write], now: datetime) -> set[int]:
         """Update the rows of ``outcomes`` still in flight; their ids."""
+        rows = [
+            {
+                "b_id": o.id,
+                "b_state": o.state.value,
+                "b_attempts": o.attempts,
+                "b_due_at": o.due_at or now,
+                "b_provider_message_id": o.provider_message_id,
+                "b_error_code": o.error_code,
+                "b_error_text": o.error_text,
+                "b_sent_at": now if o.state is DeliveryState.SENT else None,
+            }
+            for o in outcomes
+        ]
         connection = db.session.connection()
         if connection.dialect.name == "postgresql":
-            # one statement over arrays: a round trip and a few list conversions for the whole batch
+            # one statement over arrays (a column each): one round trip for the whole batch
+            columns = {name: [row[name] for row in rows] for name in rows[0]}
             return set(
                 connection.execute(
-                    WRITE_OUTCOMES_POSTGRESQL,
-                    {
-                        "tenant_id": self.tenant_id,
-                        "ids": [o.id for o in outcomes],
-                        "states": [o.state.value for o in outcomes],
-                        "attempts": [o.attempts for o in outcomes],
-                        "due": [o.due_at or now for o in outcomes],
-                        "provider_ids": [o.provider_message_id for o in outcomes],
-                        "codes": [o.error_code for o in outcomes],
-                        "texts": [o.error_text for o in outcomes],
-                        "sent": [now if o.state is DeliveryState.SENT else None for o in outcomes],
-                    },
+                    WRITE_OUTCOMES_POSTGRESQL, {"tenant_id": self.tenant_id, **columns}
                 ).scalars()
             )
         held = set(
@@ -1183,22 +1187,8 @@ class Slice:
                 .with_for_update()
             ).scalars()
         )
-        rows = [
-            {
-                "b_id": o.id,
-                "b_state": o.state.value,
-                "b_attempts": o.attempts,
-                "b_due_at": o.due_at or now,
-                "b_provider_message_id": o.provider_message_id,
-                "b_error_code": o.error_code,
-                "b_error_text": o.error_text,
-                "b_sent_at": now if o.state is DeliveryState.SENT else None,
-            }
-            for o in outcomes
-            if o.id in held
-        ]
-        if rows:
-            connection.execute(WRITE_OUTCOME, rows)
+        if held:
+            connection.execute(WRITE_OUTCOME, [row for row in rows if row["b_id"] in held])
         return held
 
     def after_flush(self) -> None:

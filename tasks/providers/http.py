@@ -288,7 +288,7 @@ class CrierAiohttpTransport(AiohttpTransport):
         params: dict[str, str] | None = None,
         json: Any = None,
         content: bytes | None = None,
-    ) -> httpx.Response:
+    ) -> Answer:
         """One request straight on the aiohttp session: what ``client.request`` would answer (as an
         :class:`Answer`) or raise.
 
