@@ -120,10 +120,14 @@ WRITE_OUTCOMES_POSTGRESQL = text(  # the same rows as arrays, one a column
                 CAST(:b_error_code AS varchar[]), CAST(:b_error_text AS varchar[]),
                 CAST(:b_sent_at AS timestamptz[]))
          AS v(id, state, attempts, due_at, provider_message_id, error_code, error_text, sent_at)
-    WHERE d.id = v.id AND d.tenant_id = :tenant_id AND d.state = 'in_flight'
+    WHERE d.id = v.id AND d.tenant_id = :tenant_id AND d.state = (SELECT 'in_flight')
     RETURNING d.id
     """
 )
+"""The state is compared with a subquery so that it cannot match the in-flight index's predicate: that
+index keeps an entry for every row updated since the last vacuum, and a plan scanning it (psycopg's
+prepared statement got such a generic plan) took 50-150 ms per write at 1,000 sends/s, where going by
+primary key takes about 1 ms, and kept a PostgreSQL core busy."""
 
 
 # --------------------------------------------------------------------------- settings and plumbing
