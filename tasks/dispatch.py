@@ -51,11 +51,11 @@ from tenants.campaigns import (
     RENDER_COLUMNS,
     Campaign,
     CampaignState,
-    DailyUsage,
     Delivery,
     DeliveryState,
     MessageSource,
     PauseReason,
+    daily_limit_pause_detail,
     next_midnight,
     quota_day,
     summary,
@@ -66,6 +66,7 @@ from tenants.models import Tenant
 from tenants.pages import DeliveryPolicy, Page, PageState, ProviderKind
 from tenants.scoping import tenant
 from tenants.templating import CompiledTemplate, compile_template, contact_variables
+from tenants.usage import TENANT_SCOPE, DailyUsage, count_activity, page_scope
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -106,6 +107,7 @@ WRITE_OUTCOME = (  # one row of outcomes (executemany), for databases without ar
         error_code=bindparam("b_error_code"),
         error_text=bindparam("b_error_text"),
         sent_at=bindparam("b_sent_at"),
+        retryable=bindparam("b_retryable"),
         lease_until=None,
     )
 )
@@ -114,12 +116,12 @@ WRITE_OUTCOMES_POSTGRESQL = text(  # the same rows as arrays, one a column
     UPDATE deliveries AS d
     SET state = v.state, attempts = v.attempts, due_at = v.due_at,
         provider_message_id = v.provider_message_id, error_code = v.error_code,
-        error_text = v.error_text, sent_at = v.sent_at, lease_until = NULL
+        error_text = v.error_text, sent_at = v.sent_at, retryable = v.retryable, lease_until = NULL
     FROM unnest(CAST(:b_id AS bigint[]), CAST(:b_state AS varchar[]), CAST(:b_attempts AS integer[]),
                 CAST(:b_due_at AS timestamptz[]), CAST(:b_provider_message_id AS varchar[]),
                 CAST(:b_error_code AS varchar[]), CAST(:b_error_text AS varchar[]),
-                CAST(:b_sent_at AS timestamptz[]))
-         AS v(id, state, attempts, due_at, provider_message_id, error_code, error_text, sent_at)
+                CAST(:b_sent_at AS timestamptz[]), CAST(:b_retryable AS boolean[]))
+         AS v(id, state, attempts, due_at, provider_message_id, error_code, error_text, sent_at, retryable)
     WHERE d.id = v.id AND d.tenant_id = :tenant_id AND d.state = (SELECT 'in_flight')
     RETURNING d.id
     """
@@ -432,6 +434,7 @@ class Write:
     error_code: str | None = None
     error_text: str | None = None
     refund: date | None = None  # the quota day to give the message back to
+    retryable: bool = False  # a failure worth resending later (its retries ran out)
 
 
 @dataclass(frozen=True)
@@ -496,6 +499,9 @@ class Slice:
                 return None
             page = db.session.get(Page, campaign.page_id) if campaign.page_id else None
             tenant_row = db.session.get(Tenant, campaign.tenant_id)
+            if tenant_row is None or not tenant_row.is_active:
+                db.session.commit()
+                return None  # suspended: its campaigns were paused, and nothing sends meanwhile
             if page is None:
                 fail_campaign(campaign_id, "The campaign's page was deleted.")
                 return None
@@ -801,8 +807,10 @@ class Slice:
             ]
 
         claimed = with_db_retry(work, f"campaign {self.campaign_id}: claiming")
-        if not claimed and self.quota_exhausted() and not self.tenant_has_sends_in_flight():
-            self.pause_for_quota()  # (while sends are in flight, some of the quota may come back)
+        if not claimed:
+            exhausted = self.daily_limit_reached()
+            if exhausted is not None and not self.tenant_has_sends_in_flight():
+                self.pause_for_daily_limit(exhausted)  # (while sends are in flight, some may come back)
         return claimed
 
     def claim_rows(self, now: datetime, day: date, wanted: int, token: datetime) -> list:
@@ -851,9 +859,9 @@ class Slice:
 
     def reserve_quota(self, day: date, wanted: int) -> int:
         """Lock today's usage rows (tenant, then page) and add what may be sent; returns that."""
-        scopes = [("tenant", self.tenant_row.daily_message_quota)]
+        scopes = [(TENANT_SCOPE, self.tenant_row.daily_message_quota)]
         if self.page.daily_cap is not None:
-            scopes.append((f"page:{self.page.id}", self.page.daily_cap))
+            scopes.append((page_scope(self.page.id), self.page.daily_cap))
         allowed = wanted
         for scope, limit in scopes:
             used = self._usage_row(scope, day)
@@ -878,7 +886,7 @@ class Slice:
         if not count:
             return
         usage = DailyUsage.__table__
-        scopes = ["tenant"] + ([f"page:{self.page.id}"] if self.page.daily_cap is not None else [])
+        scopes = [TENANT_SCOPE] + ([page_scope(self.page.id)] if self.page.daily_cap is not None else [])
         db.session.execute(
             update(usage)
             .where(usage.c.tenant_id == self.tenant_id, usage.c.scope.in_(scopes), usage.c.day == day)
@@ -889,10 +897,11 @@ class Slice:
             )
         )
 
-    def quota_exhausted(self) -> bool:
+    def daily_limit_reached(self) -> PauseReason | None:
+        """Which daily limit stops this campaign today: the tenant's quota, the page's cap, or none."""
         day = quota_day(self.tenant_row)
 
-        def remaining() -> bool:
+        def reached() -> PauseReason | None:
             usage = DailyUsage.__table__
             rows = dict(
                 db.session.execute(
@@ -902,13 +911,14 @@ class Slice:
                 ).all()
             )
             db.session.commit()
-            if rows.get("tenant", 0) >= self.tenant_row.daily_message_quota:
-                return True
-            return (
-                self.page.daily_cap is not None and rows.get(f"page:{self.page.id}", 0) >= self.page.daily_cap
-            )
+            if rows.get(TENANT_SCOPE, 0) >= self.tenant_row.daily_message_quota:
+                return PauseReason.QUOTA
+            cap = self.page.daily_cap
+            if cap is not None and rows.get(page_scope(self.page.id), 0) >= cap:
+                return PauseReason.PAGE_CAP
+            return None
 
-        return with_db_retry(remaining, "reading the quota")
+        return with_db_retry(reached, "reading the quota")
 
     def prepare(self, item: Claimed, contact: Any) -> Claimed:
         """Render the message for one claimed delivery (or note why it cannot be sent)."""
@@ -1090,7 +1100,8 @@ class Slice:
                 )
             )
         elif item.attempts >= self.max_attempts:
-            self.fail(item, code, f"gave up after {item.attempts} attempts: {text or 'no detail'}"[:500])
+            detail = f"gave up after {item.attempts} attempts: {text or 'no detail'}"[:500]
+            self.fail(item, code, detail, retryable=True)
         else:
             backoff = self.settings.retry_base_seconds * 2 ** (item.attempts - 1) * random.uniform(0.5, 1.5)
             wait = result.retry_after if result.retry_after is not None else min(300.0, backoff)
@@ -1119,7 +1130,7 @@ class Slice:
             )
         )
 
-    def fail(self, item: Claimed, code: str | None, text: str | None) -> None:
+    def fail(self, item: Claimed, code: str | None, text: str | None, retryable: bool = False) -> None:
         self.outcomes.append(
             Write(
                 item.id,
@@ -1128,6 +1139,7 @@ class Slice:
                 error_code=code,
                 error_text=text,
                 refund=item.day,
+                retryable=retryable,
             )
         )
         self.recent_failures.append(True)
@@ -1144,17 +1156,38 @@ class Slice:
         def work() -> None:
             # only rows still in flight are written and refunded: after a lost commit acknowledgement
             # the retry finds them written and gives nothing back twice
-            held = self._write_rows(outcomes, utcnow())
+            now = utcnow()
+            held = self._write_rows(outcomes, now)
             refunds: dict[date, int] = {}
             for o in outcomes:
                 if o.refund is not None and o.id in held:
                     refunds[o.refund] = refunds.get(o.refund, 0) + 1
             for day, count in refunds.items():
                 self.add_usage(day, -count)
+            self.count_outcomes([o for o in outcomes if o.id in held], now)
             db.session.commit()
 
         with_db_retry(work, f"campaign {self.campaign_id}: recording outcomes")
         self.after_flush()
+
+    def count_outcomes(self, written: list[Write], now: datetime) -> None:
+        """Add what the provider accepted and what failed to today's activity (charts, usage)."""
+        sent = sum(1 for o in written if o.state is DeliveryState.SENT)
+        failed = sum(1 for o in written if o.state is DeliveryState.FAILED)
+        if sent or failed:
+            count_activity(
+                [
+                    {
+                        "tenant_id": self.tenant_id,
+                        "day": quota_day(self.tenant_row, now),
+                        "campaign_id": self.campaign_id,
+                        "page_id": self.page.id,
+                        "channel": self.page.kind.value,
+                        "sent": sent,
+                        "failed": failed,
+                    }
+                ]
+            )
 
     def _write_rows(self, outcomes: list[Write], now: datetime) -> set[int]:
         """Update the rows of ``outcomes`` still in flight; their ids."""
@@ -1168,6 +1201,7 @@ class Slice:
                 "b_error_code": o.error_code,
                 "b_error_text": o.error_text,
                 "b_sent_at": now if o.state is DeliveryState.SENT else None,
+                "b_retryable": o.retryable,
             }
             for o in outcomes
         ]
@@ -1281,13 +1315,13 @@ class Slice:
             return max(0.05, min(1.0, (next_due - utcnow()).total_seconds()))
         return 0.25
 
-    def pause_for_quota(self) -> None:
-        resume_at = next_midnight(self.tenant_row)
+    def pause_for_daily_limit(self, reason: PauseReason) -> None:
+        limit = self.tenant_row.daily_message_quota if reason is PauseReason.QUOTA else self.page.daily_cap
         pause_campaigns(
             [self.campaign_id],
-            PauseReason.QUOTA,
-            resume_at=resume_at,
-            detail=f"resumes by itself at midnight ({self.tenant_row.timezone})",
+            reason,
+            resume_at=next_midnight(self.tenant_row),
+            detail=daily_limit_pause_detail(reason, limit, self.tenant_row.timezone),
         )
         self.stop = "paused"
 
@@ -1346,6 +1380,8 @@ def pause_campaigns(
         "pausing campaigns",
         state=CampaignState.PAUSED,
         paused_reason=reason,
+        paused_at=utcnow(),
+        paused_by_id=None,
         resume_at=resume_at,
         state_detail=detail,
     )

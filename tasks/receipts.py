@@ -18,12 +18,15 @@ from flask import current_app
 from sqlalchemy import func, select, update
 
 from tasks.broker import actor
-from tenants.campaigns import Campaign, Delivery, DeliveryState
+from tasks.providers.classification import retryable_code
+from tenants.campaigns import Campaign, Delivery, DeliveryState, quota_day
 from tenants.contacts import Contact, ContactChannelId
 from tenants.db import db, insert_ignoring_conflicts, utcnow
 from tenants.events import InboundMessage, Receipt, ReceiptStatus, WebhookEvent
+from tenants.models import Tenant
 from tenants.pages import Page, ProviderKind
 from tenants.scoping import TenantNotSet, all_tenants, current_tenant_id, tenant
+from tenants.usage import count_activity
 
 
 class MalformedCallback(ValueError):
@@ -309,25 +312,68 @@ def _delivery_ids(receipt: Receipt) -> list[int]:
     return []
 
 
-def _apply(delivery_id: int, receipt: Receipt) -> bool:
+class ActivityTally:
+    """What receipts and replies changed, per campaign and day, added to the daily activity at commit."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self._tenants: dict[int, Tenant] = {}
+        self._pages: dict[int, Page | None] = {}
+
+    def add(self, tenant_id: int, page_id: int, campaign_id: int, at: datetime, **counts: int) -> None:
+        tenant_row = self._tenants.get(tenant_id) or db.session.get(Tenant, tenant_id)
+        self._tenants[tenant_id] = tenant_row
+        if page_id not in self._pages:
+            self._pages[page_id] = db.session.get(Page, page_id)
+        page = self._pages[page_id]
+        self.rows.append(
+            {
+                "tenant_id": tenant_id,
+                "day": quota_day(tenant_row, at),
+                "campaign_id": campaign_id,
+                "page_id": page_id,
+                "channel": page.kind.value if page is not None else "",
+                **counts,
+            }
+        )
+
+    def save(self) -> None:
+        count_activity(self.rows)
+        self.rows = []
+
+
+def _apply(delivery_id: int, receipt: Receipt, tally: ActivityTally) -> bool:
     """Move one delivery forward; True when the receipt is settled (applied, or nothing left to do)."""
-    state = db.session.scalar(select(Delivery.state).where(Delivery.id == delivery_id))
+    found = db.session.execute(
+        select(Delivery.state, Delivery.campaign_id).where(Delivery.id == delivery_id)
+    ).first()
+    if found is None:
+        return True
+    state, campaign_id = found
     if state in (DeliveryState.PENDING, DeliveryState.IN_FLIGHT):
         return False  # the send's own outcome is not written yet: try again later
     at, row = receipt.occurred_at, DELIVERIES.c
+    # an unknown delivery that gets a receipt did reach the provider: it counts as sent then
+    newly_sent = int(state is DeliveryState.UNKNOWN)
+
+    def count(**counts: int) -> None:
+        tally.add(receipt.tenant_id, receipt.page_id, campaign_id, at, **counts)
+
     if receipt.status is ReceiptStatus.DELIVERED:
-        db.session.execute(
+        moved = db.session.execute(
             update(DELIVERIES)
             .where(row.id == delivery_id, row.state.in_([SENT, UNKNOWN]))
             .values(state=DELIVERED, delivered_at=func.coalesce(row.delivered_at, at))
-        )
+        ).rowcount
         db.session.execute(  # a read that came first already implied delivery; keep the time
             update(DELIVERIES)
             .where(row.id == delivery_id, row.delivered_at.is_(None))
             .values(delivered_at=at)
         )
+        if moved:
+            count(sent=newly_sent, delivered=1)
     elif receipt.status is ReceiptStatus.READ:
-        db.session.execute(
+        moved = db.session.execute(
             update(DELIVERIES)
             .where(row.id == delivery_id, row.state.in_([SENT, DELIVERED, UNKNOWN]))
             .values(
@@ -335,41 +381,65 @@ def _apply(delivery_id: int, receipt: Receipt) -> bool:
                 read_at=func.coalesce(row.read_at, at),
                 delivered_at=func.coalesce(row.delivered_at, at),
             )
-        )
+        ).rowcount
+        if moved:
+            count(sent=newly_sent, delivered=int(state is not DeliveryState.DELIVERED), read=1)
     else:
-        db.session.execute(
+        moved = db.session.execute(
             update(DELIVERIES)
             .where(row.id == delivery_id, row.state.in_([SENT, UNKNOWN]))
             .values(
                 state=FAILED,
                 error_code=(receipt.error_code or "")[:50] or None,
                 error_text=("the provider reported: " + (receipt.error_text or "failed"))[:500],
+                retryable=receipt_failure_is_retryable(receipt),
             )
-        )
+        ).rowcount
+        if moved:
+            count(sent=newly_sent, failed=1)
     return True
 
 
-def _apply_read_watermark(receipt: Receipt) -> None:
+def receipt_failure_is_retryable(receipt: Receipt) -> bool:
+    """A failure the provider reported later is worth resending when its code says "try again"
+    (WhatsApp 131000, say), by the same tables that classify the answers to sends."""
+    page = db.session.get(Page, receipt.page_id)
+    code = (receipt.error_code or "").split("/")[0]
+    if page is None or not code.isdigit():
+        return False
+    return retryable_code(page.kind, int(code))
+
+
+def _apply_read_watermark(receipt: Receipt, tally: ActivityTally) -> None:
     """Messenger: everything sent to this person on this page before the watermark was read."""
     row = DELIVERIES.c
     campaigns = select(Campaign.id).where(
         Campaign.tenant_id == receipt.tenant_id, Campaign.page_id == receipt.page_id
     )
-    db.session.execute(
-        update(DELIVERIES)
-        .where(
-            row.tenant_id == receipt.tenant_id,
-            row.campaign_id.in_(campaigns),
-            row.address == receipt.recipient,
-            row.state.in_([SENT, DELIVERED, UNKNOWN]),
-            row.sent_at <= receipt.occurred_at,
-        )
-        .values(
-            state=READ,
-            read_at=func.coalesce(row.read_at, receipt.occurred_at),
-            delivered_at=func.coalesce(row.delivered_at, receipt.occurred_at),
-        )
+    watermarked = (
+        row.tenant_id == receipt.tenant_id,
+        row.campaign_id.in_(campaigns),
+        row.address == receipt.recipient,
+        row.sent_at <= receipt.occurred_at,
     )
+    # rows not yet delivered count as delivered too (a read implies it), and unknown ones as sent
+    for states, counts in (
+        ([UNKNOWN], {"sent": 1, "delivered": 1, "read": 1}),
+        ([SENT], {"delivered": 1, "read": 1}),
+        ([DELIVERED], {"read": 1}),
+    ):
+        moved = db.session.execute(
+            update(DELIVERIES)
+            .where(*watermarked, row.state.in_(states))
+            .values(
+                state=READ,
+                read_at=func.coalesce(row.read_at, receipt.occurred_at),
+                delivered_at=func.coalesce(row.delivered_at, receipt.occurred_at),
+            )
+            .returning(row.campaign_id)
+        ).all()
+        for (campaign_id,) in moved:
+            tally.add(receipt.tenant_id, receipt.page_id, campaign_id, receipt.occurred_at, **counts)
 
 
 def apply_receipts(page_id: int | None = None, limit: int = 2000) -> int:
@@ -384,17 +454,19 @@ def apply_receipts(page_id: int | None = None, limit: int = 2000) -> int:
         query = query.where(Receipt.page_id == page_id)
     now = utcnow()
     applied = 0
+    tally = ActivityTally()
     for receipt in db.session.scalars(query).all():
         if receipt.provider_message_id is None and receipt.reference is None:
             if receipt.status is ReceiptStatus.READ and receipt.recipient:
-                _apply_read_watermark(receipt)
+                _apply_read_watermark(receipt, tally)
             settled = True
         else:
             ids = _delivery_ids(receipt)
-            settled = all([_apply(delivery_id, receipt) for delivery_id in ids]) if ids else False
+            settled = all([_apply(delivery_id, receipt, tally) for delivery_id in ids]) if ids else False
         if settled or now - receipt.occurred_at > GIVE_UP_AFTER:
             receipt.applied_at = now
             applied += 1
+    tally.save()
     db.session.commit()
     return applied
 
@@ -438,6 +510,7 @@ def apply_inbound(page_id: int | None = None, limit: int = 2000) -> int:
         query = query.where(InboundMessage.page_id == page_id)
     keywords = stop_keywords()
     now = utcnow()
+    tally = ActivityTally()
     messages = db.session.scalars(query).all()
     for message in messages:
         page = db.session.get(Page, message.page_id)
@@ -445,8 +518,8 @@ def apply_inbound(page_id: int | None = None, limit: int = 2000) -> int:
         if contact_id is not None:
             message.contact_id = contact_id
             row = DELIVERIES.c
-            latest = db.session.scalar(
-                select(row.id)
+            latest = db.session.execute(
+                select(row.id, row.campaign_id, row.replied_at)
                 .join(Campaign.__table__, Campaign.id == row.campaign_id)
                 .where(
                     row.tenant_id == message.tenant_id,
@@ -458,13 +531,16 @@ def apply_inbound(page_id: int | None = None, limit: int = 2000) -> int:
                 )
                 .order_by(row.sent_at.desc())
                 .limit(1)
-            )
+            ).first()
             if latest is not None:
-                db.session.execute(
-                    update(DELIVERIES)
-                    .where(row.id == latest, row.replied_at.is_(None))
-                    .values(replied_at=message.received_at)
-                )
+                message.delivery_id, message.campaign_id = latest.id, latest.campaign_id
+                if latest.replied_at is None:
+                    db.session.execute(
+                        update(DELIVERIES).where(row.id == latest.id).values(replied_at=message.received_at)
+                    )
+                    tally.add(
+                        message.tenant_id, message.page_id, latest.campaign_id, message.received_at, replied=1
+                    )
             if is_stop(message.text, keywords):
                 contact = db.session.get(Contact, contact_id)
                 if contact is not None and not contact.opted_out:
@@ -472,5 +548,6 @@ def apply_inbound(page_id: int | None = None, limit: int = 2000) -> int:
                     contact.opted_out_at = message.received_at
                     contact.opted_out_source = f"replied {message.text.strip()[:40]!r} on {page.name}"[:200]
         message.applied_at = now
+    tally.save()
     db.session.commit()
     return len(messages)

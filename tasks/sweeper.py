@@ -13,17 +13,27 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import timedelta
+from typing import Any
 
 import dramatiq
 from flask import Flask, current_app
 from sqlalchemy import and_, func, or_, select, text, update
 
+from tasks import lifecycle
 from tasks.dispatch import emit_state, launch_quietly
 from tasks.receipts import apply_inbound, apply_receipts, process_webhook_event
-from tenants import campaigns
-from tenants.campaigns import Campaign, CampaignError, CampaignState, Delivery, DeliveryState, PauseReason
+from tenants.campaigns import (
+    DAILY_LIMIT_PAUSES,
+    Campaign,
+    CampaignError,
+    CampaignState,
+    Delivery,
+    DeliveryState,
+    PauseReason,
+)
 from tenants.db import db, utcnow
 from tenants.events import InboundMessage, Receipt, WebhookEvent
+from tenants.models import Tenant, TenantStatus
 from tenants.pages import DeliveryPolicy, Page
 from tenants.scoping import all_tenants, tenant
 
@@ -115,32 +125,34 @@ def _fail(campaign_id: int, detail: str) -> None:
     emit_state(campaign_id, "campaign:failed")
 
 
+def _of_active_tenants() -> Any:
+    """Campaigns of tenants that may send (a suspended tenant's wait for its reactivation)."""
+    return Campaign.tenant_id.in_(select(Tenant.id).where(Tenant.status == TenantStatus.ACTIVE))
+
+
 def start_due_campaigns() -> int:
     def act(campaign: Campaign) -> bool:
-        if campaigns.start(campaign, due_only=True):
-            launch_quietly(campaign)
-            emit_state(campaign.id, "campaign:started")
+        lifecycle.start_campaign(campaign, due_only=True)
         return True
 
-    due = and_(Campaign.state == CampaignState.SCHEDULED, Campaign.scheduled_at <= utcnow())
+    due = and_(
+        Campaign.state == CampaignState.SCHEDULED, Campaign.scheduled_at <= utcnow(), _of_active_tenants()
+    )
     return _each_campaign(due, act)
 
 
 def resume_due_campaigns() -> int:
-    """Quota pauses end when the tenant's day rolls over, throttle pauses when the cool-down ends."""
-
-    def act(campaign: Campaign) -> bool:
-        campaigns.resume(campaign)
-        launch_quietly(campaign)
-        emit_state(campaign.id, "campaign:started")
-        return True
-
+    """Daily-limit pauses end once the limit has room (the day rolled over, or it was raised),
+    throttle pauses when the cool-down ends."""
     due = and_(
         Campaign.state == CampaignState.PAUSED,
-        Campaign.paused_reason.in_([PauseReason.QUOTA, PauseReason.PAGE_THROTTLED]),
-        Campaign.resume_at <= utcnow(),
+        or_(
+            Campaign.paused_reason.in_(DAILY_LIMIT_PAUSES),
+            and_(Campaign.paused_reason == PauseReason.PAGE_THROTTLED, Campaign.resume_at <= utcnow()),
+        ),
+        _of_active_tenants(),
     )
-    return _each_campaign(due, act)
+    return _each_campaign(due, lifecycle.resume_automatically)
 
 
 def relaunch_stale_campaigns() -> int:
@@ -149,6 +161,7 @@ def relaunch_stale_campaigns() -> int:
     quiet = and_(
         Campaign.state == CampaignState.RUNNING,
         func.coalesce(Campaign.heartbeat_at, Campaign.updated_at) < stale_before,
+        _of_active_tenants(),
     )
 
     def act(campaign: Campaign) -> bool:

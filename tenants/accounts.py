@@ -15,8 +15,10 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import delete, func, select
 
+from tenants import audit
 from tenants.db import db, utcnow
 from tenants.models import LoginFailure, Membership, Role, Tenant, TenantStatus, User
+from tenants.plans import assign_plan, default_plan
 from tenants.scoping import all_tenants, tenant
 
 MIN_PASSWORD_LENGTH = 10
@@ -98,6 +100,9 @@ def create_workspace(owner: User, name: str, timezone: str = "UTC") -> Tenant:
     if not name:
         raise AccountError("Give the workspace a name.")
     new_tenant = Tenant(name=name[:120], slug=_unique_slug(name), timezone=check_timezone(timezone))
+    plan = default_plan()
+    if plan is not None:
+        assign_plan(new_tenant, plan)
     db.session.add(new_tenant)
     db.session.flush()
     with tenant(db.session, new_tenant.id):
@@ -120,9 +125,20 @@ def update_workspace(workspace: Tenant, name: str, timezone: str, default_countr
         raise AccountError("Give the workspace a name.")
     if default_country and default_country not in phonenumbers.SUPPORTED_REGIONS:
         raise AccountError(f"Unknown country code: {default_country!r}.")
+    before = {"name": workspace.name, "timezone": workspace.timezone, "country": workspace.default_country}
     workspace.name = name.strip()[:120]
     workspace.timezone = check_timezone(timezone)
     workspace.default_country = default_country or None
+    after = {"name": workspace.name, "timezone": workspace.timezone, "country": workspace.default_country}
+    changed = [key for key in before if before[key] != after[key]]
+    if changed:
+        audit.record(
+            "workspace.settings_changed",
+            tenant_id=workspace.id,
+            target=f"workspace {workspace.name}",
+            before={key: before[key] for key in changed},
+            after={key: after[key] for key in changed},
+        )
 
 
 def sign_up(email: str, password: str, workspace_name: str, timezone: str = "UTC") -> tuple[User, Tenant]:
@@ -211,6 +227,9 @@ def add_member(email: str, role: Role) -> Membership:
     membership = Membership(user=user, role=role)
     db.session.add(membership)
     db.session.flush()
+    audit.record(
+        "member.added", tenant_id=membership.tenant_id, target=f"member {email}", after={"role": role.value}
+    )
     return membership
 
 
@@ -228,6 +247,14 @@ def change_role(actor_role: Role, membership: Membership, role: Role) -> None:
         raise AccountError("Only an owner can change who owns the workspace.")
     if membership.role is Role.OWNER and role is not Role.OWNER and _owners_left_without(membership) == 0:
         raise AccountError("A workspace needs at least one owner.")
+    if membership.role is not role:
+        audit.record(
+            "member.role_changed",
+            tenant_id=membership.tenant_id,
+            target=f"member {membership.user.email}",
+            before={"role": membership.role.value},
+            after={"role": role.value},
+        )
     membership.role = role
 
 
@@ -237,6 +264,12 @@ def remove_member(actor_role: Role, membership: Membership) -> None:
         raise AccountError("Only an owner can remove an owner.")
     if membership.role is Role.OWNER and _owners_left_without(membership) == 0:
         raise AccountError("A workspace needs at least one owner.")
+    audit.record(
+        "member.removed",
+        tenant_id=membership.tenant_id,
+        target=f"member {membership.user.email}",
+        before={"role": membership.role.value},
+    )
     db.session.delete(membership)
 
 

@@ -18,7 +18,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import (
     BigInteger,
-    Date,
     Float,
     ForeignKey,
     Index,
@@ -47,7 +46,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from tenants.contacts import Contact, ContactChannelId, ContactList, ContactListMember, Segment
 from tenants.db import JSONDocument, TimestampMixin, db, str_enum, utcnow
 from tenants.models import Tenant
-from tenants.pages import Page, PageState, ProviderKind
+from tenants.pages import Page, PageState, ProviderKind, has_receipts
 from tenants.scoping import TenantScoped, current_tenant_id
 from tenants.segments import segment_filter
 from tenants.templates import Template
@@ -87,19 +86,26 @@ class CampaignState(enum.StrEnum):
 
 class PauseReason(enum.StrEnum):
     USER = "user"
-    QUOTA = "quota"
+    QUOTA = "quota"  # the tenant's daily quota is used up
+    PAGE_CAP = "page_cap"  # the page's own daily cap is reached
     PAGE_THROTTLED = "page_throttled"
     PAGE_FAILING = "page_failing"
     ERROR_THRESHOLD = "error_threshold"
+    SUSPENDED = "suspended"  # the platform suspended the workspace
 
 
 PAUSE_REASON_TEXT = {
     PauseReason.USER: "paused by a user",
-    PauseReason.QUOTA: "the daily quota is used up",
+    PauseReason.QUOTA: "the workspace's daily quota is used up",
+    PauseReason.PAGE_CAP: "the page's daily cap is reached",
     PauseReason.PAGE_THROTTLED: "the provider is throttling the page",
     PauseReason.PAGE_FAILING: "the page is failing",
     PauseReason.ERROR_THRESHOLD: "too many recent sends failed",
+    PauseReason.SUSPENDED: "the workspace is suspended",
 }
+DAILY_LIMIT_PAUSES = (PauseReason.QUOTA, PauseReason.PAGE_CAP)
+"""Pauses that end by themselves when the quota day rolls over (or the limit is raised)."""
+SELF_ENDING_PAUSES = (*DAILY_LIMIT_PAUSES, PauseReason.PAGE_THROTTLED)
 
 
 class Schedule(enum.StrEnum):
@@ -155,6 +161,8 @@ class Campaign(TenantScoped, TimestampMixin, db.Model):
     )
     paused_reason: Mapped[PauseReason | None] = mapped_column(str_enum(PauseReason, "pause_reason"))
     state_detail: Mapped[str | None] = mapped_column(String(500))
+    paused_at: Mapped[datetime | None]
+    paused_by_id: Mapped[int | None]  # the user who paused it (no key: see migration 0007)
     resume_at: Mapped[datetime | None]  # a quota or throttle pause ends by itself then
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -198,6 +206,7 @@ class Delivery(TenantScoped, db.Model):
             postgresql_where=text("provider_message_id IS NOT NULL"),
             sqlite_where=text("provider_message_id IS NOT NULL"),
         ),
+        Index("ix_deliveries_contact", "contact_id"),  # a contact's message history
     )
 
     id: Mapped[int] = mapped_column(ID, primary_key=True)
@@ -218,17 +227,25 @@ class Delivery(TenantScoped, db.Model):
     delivered_at: Mapped[datetime | None]
     read_at: Mapped[datetime | None]
     replied_at: Mapped[datetime | None]
+    retryable: Mapped[bool] = mapped_column(default=False)  # a failure worth resending (retries ran out)
 
 
-class DailyUsage(db.Model):
-    """Messages counted against a daily limit: the tenant's quota (scope ``tenant``) or a page's cap."""
+class DeliveryAttempt(TenantScoped, db.Model):
+    """An earlier round of a delivery, kept when it is resent: what became of it then."""
 
-    __tablename__ = "daily_usage"
+    __tablename__ = "delivery_attempts"
+    __table_args__ = (Index("ix_delivery_attempts_delivery", "delivery_id"),)
 
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
-    scope: Mapped[str] = mapped_column(String(40), primary_key=True)  # "tenant" or "page:<id>"
-    day: Mapped[date] = mapped_column(Date, primary_key=True)  # in the tenant's timezone
-    used: Mapped[int] = mapped_column(default=0)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    delivery_id: Mapped[int] = mapped_column(ID)  # goes with its campaign (deliveries have no keys)
+    state: Mapped[DeliveryState] = mapped_column(str_enum(DeliveryState, "delivery_state"))
+    attempts: Mapped[int]
+    error_code: Mapped[str | None] = mapped_column(String(50))
+    error_text: Mapped[str | None] = mapped_column(String(500))
+    provider_message_id: Mapped[str | None] = mapped_column(String(200))
+    sent_at: Mapped[datetime | None]
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)  # when it was resent
 
 
 class CampaignError(ValueError):
@@ -765,14 +782,26 @@ def _create_deliveries(campaign: Campaign, page: Page, tenant: Tenant, now: date
 
 
 def pause(
-    campaign: Campaign, reason: PauseReason = PauseReason.USER, resume_at: datetime | None = None
+    campaign: Campaign,
+    reason: PauseReason = PauseReason.USER,
+    resume_at: datetime | None = None,
+    by_user_id: int | None = None,
 ) -> None:
+    """Running → paused, noting why, when and (for a user's pause) by whom."""
     check_action(campaign, "pause")
     if not _transition(
-        campaign, "pause", state=CampaignState.PAUSED, paused_reason=reason, resume_at=resume_at
+        campaign,
+        "pause",
+        state=CampaignState.PAUSED,
+        paused_reason=reason,
+        paused_at=utcnow(),
+        paused_by_id=by_user_id,
+        resume_at=resume_at,
+        state_detail=None,
     ):
         raise CampaignError("The campaign is no longer running.")
     db.session.commit()
+    db.session.refresh(campaign)
 
 
 def resume(campaign: Campaign) -> None:
@@ -785,6 +814,8 @@ def resume(campaign: Campaign) -> None:
         "resume",
         state=CampaignState.RUNNING,
         paused_reason=None,
+        paused_at=None,
+        paused_by_id=None,
         resume_at=None,
         state_detail=None,
         dispatch_generation=Campaign.dispatch_generation + 1,
@@ -830,17 +861,99 @@ def duplicate(campaign: Campaign) -> Campaign:
     return copy
 
 
-def resend(campaign: Campaign, now: datetime | None = None) -> int:
-    """Failed and unknown deliveries back to pending and the campaign running again. Returns how many."""
+@dataclass(frozen=True)
+class Resent:
+    """What a resend did: how many of each kind went back to the queue, and what it left alone."""
+
+    unknown: int  # the worker stopped while sending: may or may not have arrived
+    failed: int  # failures worth another try (their retries ran out, or the provider said "later")
+    left_alone: int  # permanent failures (invalid recipient, opted out, policy): sending again cannot help
+
+    @property
+    def total(self) -> int:
+        return self.unknown + self.failed
+
+    def text(self) -> str:
+        parts = []
+        if self.failed:
+            parts.append(f"{self.failed:,} that failed after their retries")
+        if self.unknown:
+            parts.append(f"{self.unknown:,} whose outcome was unknown")
+        said = f"Sending {self.total:,} messages again: {' and '.join(parts)}."
+        if self.left_alone:
+            said += f" {self.left_alone:,} failed for good (such as invalid numbers) and are not resent."
+        return said
+
+
+def resendable(table=None) -> Any:
+    """The deliveries a resend sends again: unknown ones, and failures worth another try."""
+    c = (table if table is not None else Delivery.__table__).c
+    return or_(
+        c.state == DeliveryState.UNKNOWN.value,
+        and_(c.state == DeliveryState.FAILED.value, c.retryable.is_(True)),
+    )
+
+
+def resend(campaign: Campaign, now: datetime | None = None) -> Resent:
+    """Unknown deliveries and failures worth another try back to pending, the campaign running again.
+
+    Each one's previous outcome is kept as a :class:`DeliveryAttempt`; permanent failures stay failed.
+    """
     check_action(campaign, "resend")
     now = now or utcnow()
     table = Delivery.__table__
-    count = db.session.execute(
-        update(table)
+    c = table.c
+    counts = {"unknown": 0, "failed": 0, "permanent": 0}
+    for state, retryable, count in db.session.execute(
+        select(c.state, c.retryable, func.count())
         .where(
-            table.c.campaign_id == campaign.id,
-            table.c.state.in_([DeliveryState.FAILED.value, DeliveryState.UNKNOWN.value]),
+            c.campaign_id == campaign.id,
+            c.state.in_([DeliveryState.FAILED.value, DeliveryState.UNKNOWN.value]),
         )
+        .group_by(c.state, c.retryable)
+    ):
+        kind = "unknown" if state == DeliveryState.UNKNOWN.value else "failed" if retryable else "permanent"
+        counts[kind] += count
+    outcome = Resent(counts["unknown"], counts["failed"], counts["permanent"])
+    if outcome.total == 0:
+        raise CampaignError(
+            "Nothing to send again: no message has an unknown outcome, and every failure is permanent "
+            "(sending again cannot help)."
+            if outcome.left_alone
+            else "No failed or unknown recipients to send to again."
+        )
+    chosen = and_(c.campaign_id == campaign.id, resendable())
+    db.session.execute(
+        insert(DeliveryAttempt.__table__).from_select(
+            [
+                "tenant_id",
+                "campaign_id",
+                "delivery_id",
+                "state",
+                "attempts",
+                "error_code",
+                "error_text",
+                "provider_message_id",
+                "sent_at",
+                "recorded_at",
+            ],
+            select(
+                c.tenant_id,
+                c.campaign_id,
+                c.id,
+                c.state,
+                c.attempts,
+                c.error_code,
+                c.error_text,
+                c.provider_message_id,
+                c.sent_at,
+                literal(now, type_=DeliveryAttempt.__table__.c.recorded_at.type),
+            ).where(chosen),
+        )
+    )
+    db.session.execute(
+        update(table)
+        .where(chosen)
         .values(
             state=DeliveryState.PENDING.value,
             attempts=0,
@@ -848,16 +961,16 @@ def resend(campaign: Campaign, now: datetime | None = None) -> int:
             error_code=None,
             error_text=None,
             lease_until=None,
+            retryable=False,
         )
-    ).rowcount
-    if count == 0:
-        db.session.rollback()
-        raise CampaignError("No failed or unknown recipients to send to again.")
+    )
     if not _transition(
         campaign,
         "resend",
         state=CampaignState.RUNNING,
         paused_reason=None,
+        paused_at=None,
+        paused_by_id=None,
         resume_at=None,
         finished_at=None,
         state_detail=None,
@@ -868,7 +981,7 @@ def resend(campaign: Campaign, now: datetime | None = None) -> int:
         raise CampaignError("The campaign changed meanwhile; reload the page.")
     db.session.commit()
     db.session.refresh(campaign)
-    return count
+    return outcome
 
 
 # --------------------------------------------------------------------------- counters
@@ -902,6 +1015,8 @@ def summary(campaign: Campaign, counts: Mapping[str, int] | None = None) -> dict
     def ratio(a: int, b: int) -> float | None:
         return round(a / b, 4) if b else None
 
+    receipts = has_receipts((campaign.message or {}).get("channel"))
+
     return {
         "id": campaign.id,
         "name": campaign.name,
@@ -922,10 +1037,11 @@ def summary(campaign: Campaign, counts: Mapping[str, int] | None = None) -> dict
         "cancelled": counts["cancelled"],
         "percent": round(100 * processed / total, 1) if total else 0.0,
         "excluded": dict(campaign.exclusions or {}),
-        "delivery_rate": ratio(delivered, sent),
-        "read_rate": ratio(counts["read"], delivered),
-        "reply_rate": ratio(counts["replied"], delivered),
-        "failure_rate": ratio(counts["failed"], total),
+        "receipts": receipts,  # False: the channel never reports deliveries or reads ("n/a")
+        "delivery_rate": ratio(delivered, sent) if receipts else None,
+        "read_rate": ratio(counts["read"], delivered) if receipts else None,
+        "reply_rate": ratio(counts["replied"], delivered if receipts else sent),
+        "failure_rate": ratio(counts["failed"], processed),  # of those done, not of all
     }
 
 
@@ -935,6 +1051,12 @@ def next_midnight(tenant: Tenant, now: datetime | None = None) -> datetime:
     local = (now or utcnow()).astimezone(zone)
     tomorrow = datetime.combine(local.date() + timedelta(days=1), time(0, 0), tzinfo=zone)
     return tomorrow.astimezone(ZoneInfo("UTC"))
+
+
+def daily_limit_pause_detail(reason: PauseReason, limit: int, timezone: str) -> str:
+    """The detail of a pause for a daily limit, shown on the campaign's banner."""
+    where = "a day" if reason is PauseReason.QUOTA else "a day on this page"
+    return f"{limit:,} messages {where}; resumes by itself at midnight ({timezone})"
 
 
 def quota_day(tenant: Tenant, now: datetime | None = None) -> date:

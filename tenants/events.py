@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tenants.db import db, str_enum, utcnow
@@ -77,3 +77,6 @@ class InboundMessage(TenantScoped, db.Model):
     provider_message_id: Mapped[str | None] = mapped_column(String(200))
     received_at: Mapped[datetime]
     applied_at: Mapped[datetime | None]
+    # the delivery it answers (the latest one to its sender on that page), once applied
+    campaign_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    delivery_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))

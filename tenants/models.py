@@ -9,7 +9,7 @@ from flask_login import UserMixin
 from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from tenants.db import TimestampMixin, db, str_enum, utcnow
+from tenants.db import JSONDocument, TimestampMixin, db, str_enum, utcnow
 from tenants.scoping import TenantScoped
 
 
@@ -45,6 +45,12 @@ class Tenant(TimestampMixin, db.Model):
     max_pages: Mapped[int] = mapped_column(default=10)
     max_recipients_per_campaign: Mapped[int] = mapped_column(default=100_000)
     max_send_rate: Mapped[int] = mapped_column(default=100)
+    max_contacts: Mapped[int] = mapped_column(default=100_000)
+    # the plan the limits above come from, and the ones set for this tenant alone (tenants.plans)
+    plan_id: Mapped[int | None] = mapped_column(index=True)  # no key: see migration 0007
+    limit_overrides: Mapped[dict[str, int]] = mapped_column(JSONDocument, default=dict)
+    suspended_reason: Mapped[str | None] = mapped_column(String(500))
+    suspended_at: Mapped[datetime | None]
 
     memberships: Mapped[list[Membership]] = relationship(
         back_populates="tenant", cascade="all, delete-orphan"

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import Float, LargeBinary, String, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
+from tenants import audit
 from tenants.crypto import hint, seal, unseal
 from tenants.db import JSONDocument, TimestampMixin, db, str_enum, utcnow
 from tenants.scoping import TenantScoped
@@ -56,6 +57,7 @@ class ProviderSpec:
     credentials: tuple[Field, ...]
     settings: tuple[Field, ...]
     address: str  # what a recipient address is for this provider
+    receipts: bool = True  # the provider reports deliveries and reads (plain SMTP does not)
 
 
 GRAPH = "https://graph.facebook.com"
@@ -119,6 +121,7 @@ PROVIDERS: dict[ProviderKind, ProviderSpec] = {
             Field("starttls", "Use STARTTLS (true/false)", False, "true"),
         ),
         "email address",
+        receipts=False,
     ),
     ProviderKind.WEBHOOK: ProviderSpec(
         "Webhook",
@@ -235,6 +238,15 @@ def apply_form(
     ]
     if missing:
         raise PageError("Missing: " + ", ".join(missing) + ".")
+    changed = sorted(key for key, value in merged.items() if stored and stored.get(key, "") != value)
+    if changed and page.id is not None:  # never the secrets themselves: their hints
+        audit.record(
+            "page.credentials_changed",
+            tenant_id=page.tenant_id,
+            target=f"page {page.id} {page.name}",
+            before={key: hint(stored.get(key, "")) for key in changed},
+            after={key: hint(merged[key]) for key in changed},
+        )
     page.name = name.strip()[:120]
     page.base_url = _check_base_url(page.kind, base_url or spec.default_base_url)
     page.send_rate = send_rate
@@ -243,6 +255,11 @@ def apply_form(
     page.credentials = merged
     page.settings = {f.key: (settings.get(f.key) or f.default).strip() for f in spec.settings}
     return page
+
+
+def has_receipts(kind: ProviderKind | str | None) -> bool:
+    """Whether messages sent through this kind of page ever get delivery and read receipts."""
+    return kind is not None and PROVIDERS[ProviderKind(kind)].receipts
 
 
 def check_page_allowance(max_pages: int) -> None:

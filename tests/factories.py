@@ -13,7 +13,7 @@ from collections.abc import Callable
 from sqlalchemy import select
 
 from tenants.accounts import hash_password
-from tenants.campaigns import Campaign, Delivery, DeliveryState
+from tenants.campaigns import Campaign, Delivery, DeliveryAttempt, DeliveryState
 from tenants.contacts import (
     Contact,
     ContactChannelId,
@@ -27,6 +27,7 @@ from tenants.db import db, utcnow
 from tenants.events import InboundMessage, Receipt, ReceiptStatus, WebhookEvent
 from tenants.models import Membership, Role, Tenant, User
 from tenants.pages import Page, ProviderKind, apply_form
+from tenants.plans import Plan
 from tenants.templates import Template
 
 Factory = Callable[[Tenant, dict], object]
@@ -145,6 +146,18 @@ def make_campaign(tenant: Tenant, made: dict) -> Campaign:
     return row
 
 
+def make_delivery_attempt(tenant: Tenant, made: dict) -> DeliveryAttempt:
+    row = DeliveryAttempt(
+        campaign_id=made[Campaign].id,
+        delivery_id=made[Delivery].id,
+        state=DeliveryState.UNKNOWN,
+        attempts=1,
+        error_code="lease_expired",
+    )
+    db.session.add(row)
+    return row
+
+
 def make_delivery(tenant: Tenant, made: dict) -> Delivery:
     row = Delivery(
         campaign_id=made[Campaign].id,
@@ -174,7 +187,22 @@ FACTORIES: dict[type, Factory] = {
     Template: make_template,
     Campaign: make_campaign,
     Delivery: make_delivery,
+    DeliveryAttempt: make_delivery_attempt,
 }
+
+
+def make_plan(name: str = "Pro") -> Plan:
+    """A platform-level object (no tenant owns it): only platform admins reach its URLs."""
+    plan = Plan(
+        name=name,
+        daily_message_quota=50_000,
+        max_send_rate=200,
+        max_pages=20,
+        max_recipients_per_campaign=200_000,
+        max_contacts=200_000,
+    )
+    db.session.add(plan)
+    return plan
 
 
 def tenant_named(name: str) -> Tenant:

@@ -5,7 +5,8 @@ are walked automatically. Arguments named ``<something>_id`` are object ids; eac
 name a tenant-owned model (``membership_id`` → ``Membership``) with a factory in
 ``tests/factories.py``, or be ``tenant_id``. ``kind`` is the provider kind of the
 factory's page. Views marked ``signed_public`` (provider webhooks) take no session:
-for them another party without the page's secret must get 401 or 403.
+for them another party without the page's secret must get 401 or 403. ``plan_id`` names a
+platform-level plan: its URLs are the platform admin's console, 404 for every tenant.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tenants.db import db
 from tenants.models import Tenant
 from tenants.pages import Page
 from tenants.scoping import TenantScoped, tenant
-from tests.factories import FACTORIES
+from tests.factories import FACTORIES, make_plan
 
 SKIPPED_METHODS = {"HEAD", "OPTIONS"}
 
@@ -45,7 +46,10 @@ def objects_of(tenant_row: Tenant) -> dict[str, int | str]:
             if hasattr(made[model], "id"):  # association rows have composite keys and no URLs
                 values[id_argument(model)] = made[model].id
         values["kind"] = made[Page].kind.value
-        db.session.commit()
+    plan = make_plan(f"Plan of {tenant_row.name}")
+    db.session.flush()
+    values["plan_id"] = plan.id
+    db.session.commit()
     return values
 
 
@@ -60,6 +64,10 @@ def object_rules(app: Flask, known: set[str]) -> list[Rule]:
         rules.append(rule)
     assert not unknown, f"no factory gives ids for {sorted(unknown)}: name the argument after its model"
     return rules
+
+
+def is_platform_console(rule: Rule) -> bool:
+    return rule.endpoint.startswith("admin.")
 
 
 def is_signed_public(app: Flask, rule: Rule) -> bool:

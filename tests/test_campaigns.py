@@ -16,6 +16,7 @@ from tenants.campaigns import (
     CampaignError,
     CampaignState,
     Delivery,
+    DeliveryAttempt,
     DeliveryState,
     apply_campaign_form,
     count_audience,
@@ -474,34 +475,59 @@ def test_cancel_cancels_every_delivery_not_yet_sent(acme):
     assert campaigns.summary(campaign)["cancelled"] == 2
 
 
-def test_resend_puts_failed_and_unknown_back_and_runs_again(acme):
+def test_resend_sends_again_only_unknown_and_retryable_failures_and_keeps_their_history(acme):
     page = acme.page()
-    for name in ("Ana", "Bruno", "Carla"):
+    for name in ("Ana", "Bruno", "Carla", "Dora"):
         acme.person(name)
     campaign = acme.campaign(page, audience_all="1")
     start(campaign)
     generation = campaign.dispatch_generation
     set_delivery(campaign, "Ana", state=DeliveryState.SENT, provider_message_id="wamid.ana")
-    set_delivery(campaign, "Bruno", state=DeliveryState.FAILED, attempts=3, error_code="131026")
-    set_delivery(campaign, "Carla", state=DeliveryState.UNKNOWN, attempts=1)
+    set_delivery(campaign, "Bruno", state=DeliveryState.FAILED, attempts=1, error_code="131026")
+    set_delivery(campaign, "Carla", state=DeliveryState.UNKNOWN, attempts=1, error_code="lease_expired")
+    set_delivery(
+        campaign,
+        "Dora",
+        state=DeliveryState.FAILED,
+        attempts=3,
+        error_code="503",
+        retryable=True,
+        error_text="gave up after 3 attempts: HTTP 503",
+    )
     campaign.state = CampaignState.COMPLETED
     db.session.commit()
 
-    assert campaigns.resend(campaign) == 2
+    resent = campaigns.resend(campaign)
 
+    assert (resent.unknown, resent.failed, resent.left_alone) == (1, 1, 1)
+    assert resent.text() == (
+        "Sending 2 messages again: 1 that failed after their retries and 1 whose outcome was unknown. "
+        "1 failed for good (such as invalid numbers) and are not resent."
+    )
     assert campaign.state is CampaignState.RUNNING and campaign.dispatch_generation == generation + 1
     assert delivery_states(campaign) == {
         "Ana": DeliveryState.SENT,
-        "Bruno": DeliveryState.PENDING,
+        "Bruno": DeliveryState.FAILED,
         "Carla": DeliveryState.PENDING,
+        "Dora": DeliveryState.PENDING,
     }
-    bruno = db.session.scalar(select(Delivery).where(Delivery.state == DeliveryState.PENDING).limit(1))
-    assert (bruno.attempts, bruno.error_code) == (0, None)
+    dora = db.session.scalar(
+        select(Delivery).join(Contact, Contact.id == Delivery.contact_id).where(Contact.first_name == "Dora")
+    )
+    assert (dora.state, dora.retryable) == (DeliveryState.PENDING, False)
+    history = {
+        (a.state, a.attempts, a.error_code, a.error_text)
+        for a in db.session.scalars(select(DeliveryAttempt).where(DeliveryAttempt.campaign_id == campaign.id))
+    }
+    assert history == {
+        (DeliveryState.UNKNOWN, 1, "lease_expired", None),
+        (DeliveryState.FAILED, 3, "503", "gave up after 3 attempts: HTTP 503"),
+    }
 
     campaign.state = CampaignState.COMPLETED
-    set_delivery(campaign, "Bruno", state=DeliveryState.SENT)
     set_delivery(campaign, "Carla", state=DeliveryState.SENT)
-    with pytest.raises(CampaignError, match="No failed or unknown recipients to send to again"):
+    set_delivery(campaign, "Dora", state=DeliveryState.SENT)
+    with pytest.raises(CampaignError, match="every failure is permanent"):
         campaigns.resend(campaign)
     assert db.session.get(Campaign, campaign.id).state is CampaignState.COMPLETED
 

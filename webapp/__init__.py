@@ -18,7 +18,9 @@ from tasks.progress import socketio_channel
 from tenants import scoping
 from tenants.db import db
 from webapp import (
+    admin,
     assets,
+    audit,
     auth,
     campaigns,
     contacts,
@@ -29,8 +31,10 @@ from webapp import (
     message_templates,
     pages,
     realtime,
+    reports,
     segments,
     tenancy,
+    usage,
     webhooks,
     workspaces,
 )
@@ -80,6 +84,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         segments,
         message_templates,
         campaigns,
+        reports,
+        usage,
+        audit,
+        admin,
         webhooks,
         health,
         assets,

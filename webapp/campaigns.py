@@ -13,34 +13,29 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, flash, g, redirect, render_template, url_for
+from flask_login import current_user
 from htmx_flask import request
 from sqlalchemy import func, select
 
-from tasks import channel_checks
-from tasks.dispatch import emit_progress, emit_state, launch_quietly
+from tasks import channel_checks, lifecycle
 from tenants.campaigns import (
     EXCLUSION_TEXT,
+    SELF_ENDING_PAUSES,
     Campaign,
     CampaignError,
     CampaignState,
     Delivery,
     DeliveryState,
     MessageSource,
-    PauseReason,
     Schedule,
     address_column,
     allowed_actions,
     apply_campaign_form,
-    cancel,
     check_action,
     count_audience,
     delivery_counts,
     duplicate,
     message_of,
-    pause,
-    resend,
-    resume,
-    start,
     summary,
     tenant_zone,
     usable_page,
@@ -60,7 +55,6 @@ bp = Blueprint("campaigns", __name__)
 CAMPAIGNS_PER_PAGE = 25
 FAILURES_PER_PAGE = 50
 PROBLEM_STATES = (DeliveryState.FAILED, DeliveryState.UNKNOWN)
-SELF_ENDING_PAUSES = (PauseReason.QUOTA, PauseReason.PAGE_THROTTLED)
 LOCAL_INPUT_FORMAT = "%Y-%m-%dT%H:%M"  # what <input type="datetime-local"> sends
 ID_TEXT = re.compile(r"[0-9]{1,12}")
 MAX_ID = 2**31 - 1  # ids are INTEGER columns
@@ -164,16 +158,13 @@ def _still_editable(campaign_id: int) -> bool:
 
 def _launch(campaign: Campaign) -> tuple[str, str]:
     """Start or schedule the campaign and launch its dispatch; the message to show and its category."""
-    running = start(campaign)
-    if running:
-        problem = launch_quietly(campaign)
-        emit_state(campaign.id, "campaign:started")
-        if problem:
-            return f"Campaign started, but {problem}. Sending begins when they are back.", "error"
+    started = lifecycle.start_campaign(campaign)
+    if started.running:
+        if started.problem:
+            return f"Campaign started, but {started.problem}. Sending begins when they are back.", "error"
         return f"Campaign {campaign.name} started: {campaign.total:,} recipients.", "success"
     if campaign.state is CampaignState.SCHEDULED:
         return f"Campaign {campaign.name} is scheduled for {local_time(campaign.scheduled_at)}.", "success"
-    emit_state(campaign.id, "campaign:failed")
     return f"Campaign {campaign.name} did not start. {campaign.state_detail or ''}".strip(), "error"
 
 
@@ -383,33 +374,27 @@ def show(campaign_id: int):
 
 
 def _pause(campaign: Campaign) -> tuple[str, str]:
-    pause(campaign)
-    emit_state(campaign.id, "campaign:paused")
+    lifecycle.pause_campaign(campaign, by_user_id=current_user.id)
     return "Campaign paused. Messages already being sent finish; nothing new starts.", "success"
 
 
 def _resume(campaign: Campaign) -> tuple[str, str]:
-    resume(campaign)
-    problem = launch_quietly(campaign)
-    emit_state(campaign.id, "campaign:started")
+    problem = lifecycle.resume_campaign(campaign)
     if problem:
         return f"Campaign resumed, but {problem}. Sending goes on when they are back.", "error"
     return "Campaign resumed.", "success"
 
 
 def _cancel(campaign: Campaign) -> tuple[str, str]:
-    cancelled = cancel(campaign)
-    emit_progress(campaign.id, campaign.tenant_id, force=True)
+    cancelled = lifecycle.cancel_campaign(campaign)
     return f"Campaign cancelled; {cancelled:,} messages will not be sent.", "success"
 
 
 def _resend(campaign: Campaign) -> tuple[str, str]:
-    count = resend(campaign)
-    problem = launch_quietly(campaign)
-    emit_state(campaign.id, "campaign:started")
+    resent, problem = lifecycle.resend_campaign(campaign)
     if problem:
-        return f"{count:,} messages queued again, but {problem}. Sending begins when they are back.", "error"
-    return f"Sending {count:,} failed and unknown messages again.", "success"
+        return f"{resent.text()} But {problem}: sending begins when they are back.", "error"
+    return resent.text(), "success"
 
 
 @bp.post("/campaigns/<int:campaign_id>/start")

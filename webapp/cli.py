@@ -169,21 +169,18 @@ def campaign_create(
 @click.argument("campaign_id", type=int)
 def campaign_start(campaign_id: int) -> None:
     """Start a draft now; prints its status as JSON."""
-    from tasks.dispatch import emit_state, launch_quietly
-    from tenants.campaigns import Campaign, CampaignError, start
+    from tasks import lifecycle
+    from tenants.campaigns import Campaign, CampaignError
     from tenants.scoping import tenant
 
     with tenant(db.session, _campaign_tenant(campaign_id)):
         campaign = db.session.get(Campaign, campaign_id)
         try:
-            running = start(campaign)
+            started = lifecycle.start_campaign(campaign)
         except CampaignError as exc:
             raise click.ClickException(str(exc)) from None
-        if running:
-            problem = launch_quietly(campaign)
-            if problem:
-                click.echo(f"Started; {problem} (the sweeper will launch it when they are back).", err=True)
-            emit_state(campaign_id, "campaign:started")
+        if started.problem:
+            click.echo(f"Started; {started.problem} (the sweeper launches it when they are back).", err=True)
         _echo_summary(campaign_id)
 
 

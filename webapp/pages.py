@@ -8,6 +8,7 @@ from flask import Blueprint, abort, current_app, flash, g, redirect, render_temp
 from sqlalchemy import select
 
 from tasks import channel_checks
+from tenants import audit
 from tenants.db import db
 from tenants.pages import (
     PROVIDERS,
@@ -106,6 +107,13 @@ def new():
             error = str(exc)
         else:
             db.session.add(page)
+            db.session.flush()
+            audit.record(
+                "page.created",
+                tenant_id=page.tenant_id,
+                target=f"page {page.id} {page.name}",
+                after={"kind": page.kind.value, "rate": page.send_rate, "daily_cap": page.daily_cap},
+            )
             db.session.commit()
             flash(f"Page {page.name} connected. Verify it to check the credentials.", "success")
             return redirect(url_for("pages.show", page_id=page.id))
@@ -175,6 +183,7 @@ def enable_page(page_id: int):
 def delete(page_id: int):
     page = db.get_or_404(Page, page_id)
     name = page.name
+    audit.record("page.deleted", tenant_id=page.tenant_id, target=f"page {page.id} {name}")
     db.session.delete(page)
     db.session.commit()
     flash(f"Page {name} deleted.", "success")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import wraps
 
-from flask import Flask, abort, flash, g, redirect, session, url_for
+from flask import Flask, abort, flash, g, redirect, request, session, url_for
 from flask_login import current_user
 
 from tenants.accounts import Workspace, workspace_for, workspaces_of
+from tenants.audit import SYSTEM, Actor, set_actor
 from tenants.db import db
 from tenants.models import Role, User
 from tenants.scoping import all_tenants, set_tenant
@@ -31,7 +32,9 @@ def _bind_request_tenant() -> None:
     g.workspace = None
     set_tenant(db.session, None)
     if not current_user.is_authenticated:
+        set_actor(SYSTEM)
         return
+    set_actor(Actor(current_user.id, current_user.email, request.remote_addr))
     tenant_id = session.get(SESSION_TENANT)
     workspace = workspace_for(current_user, tenant_id) if tenant_id else None
     if workspace is None:
@@ -51,13 +54,11 @@ def member_required(view: Callable | None = None, *, manage: bool = False):
                 return login_manager.unauthorized()
             workspace: Workspace | None = g.workspace
             if workspace is None:
+                if current_user.is_platform_admin:
+                    return redirect(url_for("admin.index"))
                 flash("You are not a member of any workspace yet. Create one to get started.", "info")
                 return redirect(url_for("workspaces.new"))
             if not workspace.tenant.is_active:
-                flash(
-                    f"The workspace {workspace.tenant.name} is suspended. Contact support to reactivate it.",
-                    "error",
-                )
                 return redirect(url_for("workspaces.suspended"))
             if manage and not workspace.role.manages_members:
                 abort(403)

@@ -172,6 +172,16 @@ def classify_smtp_code(code: int) -> Rule:
     return first_match(SMTP_RULES, K.SMTP, code)
 
 
+RETRYABLE_OUTCOMES = frozenset({Out.TRANSIENT, Out.THROTTLED, Out.RECIPIENT_PACED})
+
+
+def retryable_code(kind: ProviderKind, code: int) -> bool:
+    """Whether the provider's own table says a failure with ``code`` may succeed if sent again later
+    (for failures reported after the send, by receipt); a code no row names is not."""
+    rule = first_match(_TABLES_BY_KIND.get(kind, ()), kind, code)
+    return rule is not UNCLASSIFIED and rule.outcome in RETRYABLE_OUTCOMES
+
+
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date (never negative)."""
     if not value:

@@ -1,0 +1,327 @@
+"""What a tenant has used: today's quota and caps, and the daily activity behind charts and reports.
+
+Two tables, both by day in the tenant's time zone:
+
+* :class:`DailyUsage` — what counts against a daily limit (scope ``tenant``: the quota; scope
+  ``page:<id>``: that page's cap). Dispatch reserves it before sending and gives back what was not
+  spent; it is the quota's truth.
+* :class:`DailyActivity` — events per campaign and day: messages the provider accepted, failures,
+  delivery and read receipts, replies. Dispatch, receipts and replies add to it with
+  :func:`count_activity` in the same transaction as the change they count, so the 30-day charts
+  and the usage page read a few rows per day instead of millions of deliveries.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Date, ForeignKey, Integer, String, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tenants.campaigns import next_midnight, quota_day
+from tenants.db import db, utcnow
+from tenants.models import Tenant
+from tenants.pages import Page, ProviderKind
+
+TENANT_SCOPE = "tenant"
+ACTIVITY_COUNTS = ("sent", "delivered", "read", "failed", "replied")
+
+
+def page_scope(page_id: int) -> str:
+    return f"page:{page_id}"
+
+
+class DailyUsage(db.Model):
+    """Messages counted against a daily limit: the tenant's quota (scope ``tenant``) or a page's cap."""
+
+    __tablename__ = "daily_usage"
+
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(40), primary_key=True)  # "tenant" or "page:<id>"
+    day: Mapped[date] = mapped_column(Date, primary_key=True)  # in the tenant's timezone
+    used: Mapped[int] = mapped_column(default=0)
+
+
+class DailyActivity(db.Model):
+    """What happened to one campaign's messages on one day (the tenant's), by event."""
+
+    __tablename__ = "daily_activity"
+
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(Integer, primary_key=True)  # kept after the campaign goes
+    page_id: Mapped[int | None] = mapped_column(Integer)
+    channel: Mapped[str] = mapped_column(String(20))  # the page's kind when it was counted
+    sent: Mapped[int] = mapped_column(default=0)  # accepted by the provider
+    delivered: Mapped[int] = mapped_column(default=0)
+    read: Mapped[int] = mapped_column(default=0)
+    failed: Mapped[int] = mapped_column(default=0)
+    replied: Mapped[int] = mapped_column(default=0)
+
+
+# --------------------------------------------------------------------------- counting
+
+
+def count_activity(rows: Iterable[Mapping[str, Any]]) -> None:
+    """Add counts to the day's activity rows (created as needed), in the caller's transaction.
+
+    Each row names ``tenant_id``, ``day``, ``campaign_id``, ``page_id``, ``channel`` and some of
+    ``sent``, ``delivered``, ``read``, ``failed``, ``replied``. Rows for one key are summed first.
+    """
+    merged: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        key = (row["tenant_id"], row["day"], row["campaign_id"])
+        into = merged.setdefault(
+            key,
+            {
+                "tenant_id": key[0],
+                "day": key[1],
+                "campaign_id": key[2],
+                "page_id": row.get("page_id"),
+                "channel": str(row.get("channel") or ""),
+                **dict.fromkeys(ACTIVITY_COUNTS, 0),
+            },
+        )
+        for name in ACTIVITY_COUNTS:
+            into[name] += int(row.get(name) or 0)
+    values = [row for row in merged.values() if any(row[name] for name in ACTIVITY_COUNTS)]
+    if not values:
+        return
+    dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(DailyActivity.__table__)
+    table = DailyActivity.__table__
+    statement = statement.on_conflict_do_update(
+        index_elements=["tenant_id", "day", "campaign_id"],
+        set_={name: table.c[name] + statement.excluded[name] for name in ACTIVITY_COUNTS},
+    )
+    db.session.connection().execute(statement, values)
+
+
+# --------------------------------------------------------------------------- today
+
+
+@dataclass(frozen=True)
+class PageToday:
+    page_id: int
+    name: str
+    kind: ProviderKind
+    sent: int  # accepted by the provider today
+    cap: int | None
+    cap_used: int  # counted against the cap today
+
+    @property
+    def cap_left(self) -> int | None:
+        return None if self.cap is None else max(0, self.cap - self.cap_used)
+
+
+@dataclass(frozen=True)
+class Today:
+    day: date
+    used: int  # counted against the quota today (sent, or being sent)
+    quota: int
+    resets_at: datetime
+    pages: list[PageToday]
+
+    @property
+    def left(self) -> int:
+        return max(0, self.quota - self.used)
+
+    @property
+    def percent(self) -> float:
+        return min(100.0, 100.0 * self.used / self.quota) if self.quota else 100.0
+
+
+def usage_on(tenant: Tenant, day: date) -> dict[str, int]:
+    """Scope to messages counted on ``day``."""
+    return dict(
+        db.session.execute(
+            select(DailyUsage.scope, DailyUsage.used).where(
+                DailyUsage.tenant_id == tenant.id, DailyUsage.day == day
+            )
+        ).all()
+    )
+
+
+def today(tenant: Tenant, now: datetime | None = None) -> Today:
+    """Today's quota use and each page's sends and cap (pages of the current tenant)."""
+    now = now or utcnow()
+    day = quota_day(tenant, now)
+    used = usage_on(tenant, day)
+    sent_by_page = dict(
+        db.session.execute(
+            select(DailyActivity.page_id, func.sum(DailyActivity.sent))
+            .where(DailyActivity.tenant_id == tenant.id, DailyActivity.day == day)
+            .group_by(DailyActivity.page_id)
+        ).all()
+    )
+    pages = [
+        PageToday(
+            page.id,
+            page.name,
+            page.kind,
+            int(sent_by_page.get(page.id) or 0),
+            page.daily_cap,
+            used.get(page_scope(page.id), 0),
+        )
+        for page in db.session.scalars(
+            select(Page).where(Page.tenant_id == tenant.id).order_by(Page.name, Page.id)
+        )
+    ]
+    return Today(
+        day, used.get(TENANT_SCOPE, 0), tenant.daily_message_quota, next_midnight(tenant, now), pages
+    )
+
+
+def left_today(tenant: Tenant, page: Page | None, now: datetime | None = None) -> int:
+    """Messages that may still go today through ``page``: the quota's rest, and the page cap's."""
+    day = quota_day(tenant, now or utcnow())
+    used = usage_on(tenant, day)
+    left = max(0, tenant.daily_message_quota - used.get(TENANT_SCOPE, 0))
+    if page is not None and page.daily_cap is not None:
+        left = min(left, max(0, page.daily_cap - used.get(page_scope(page.id), 0)))
+    return left
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """How many of ``recipients`` can go today, and how many days the rest takes at the daily limit."""
+
+    recipients: int
+    today: int
+    later: int
+    days: int  # days after today the rest needs (0 when all go today)
+    limited_by: str | None  # "quota" or "page cap": what holds them back
+
+    def warning(self) -> str | None:
+        if not self.later:
+            return None
+        limit = "today's remaining quota" if self.limited_by == "quota" else "the page's daily cap"
+        when = "tomorrow" if self.days == 1 else f"over the next {self.days} days"
+        return f"Only {self.today:,} can go today ({limit}); about {self.later:,} will go {when}."
+
+
+def forecast(tenant: Tenant, page: Page | None, recipients: int, now: datetime | None = None) -> Forecast:
+    """Split ``recipients`` into what goes today and what waits for later days' quota and cap."""
+    day = quota_day(tenant, now or utcnow())
+    used = usage_on(tenant, day)
+    quota_left = max(0, tenant.daily_message_quota - used.get(TENANT_SCOPE, 0))
+    per_day, cap_left, limited_by = tenant.daily_message_quota, None, "quota"
+    if page is not None and page.daily_cap is not None:
+        cap_left = max(0, page.daily_cap - used.get(page_scope(page.id), 0))
+        per_day = min(per_day, page.daily_cap)
+    left = quota_left if cap_left is None else min(quota_left, cap_left)
+    if cap_left is not None and cap_left < quota_left:
+        limited_by = "page cap"
+    sent_today = min(recipients, left)
+    later = recipients - sent_today
+    days = -(-later // per_day) if later and per_day > 0 else (0 if not later else 1)
+    return Forecast(recipients, sent_today, later, days, limited_by if later else None)
+
+
+# --------------------------------------------------------------------------- history
+
+
+@dataclass(frozen=True)
+class ActivityDay:
+    day: date
+    channel: str
+    sent: int
+    delivered: int
+    read: int
+    failed: int
+    replied: int
+
+
+def activity_by_day(tenant: Tenant, days: int = 30, now: datetime | None = None) -> list[ActivityDay]:
+    """Per day and channel over the last ``days`` days (today included), every day present."""
+    last = quota_day(tenant, now or utcnow())
+    first = last - timedelta(days=days - 1)
+    a = DailyActivity
+    rows = db.session.execute(
+        select(a.day, a.channel, *(func.sum(getattr(a, name)) for name in ACTIVITY_COUNTS))
+        .where(a.tenant_id == tenant.id, a.day >= first, a.day <= last)
+        .group_by(a.day, a.channel)
+    ).all()
+    found = {(row[0], row[1]): row[2:] for row in rows}
+    channels = sorted({channel for _, channel in found})
+    return [
+        ActivityDay(
+            first + timedelta(days=n),
+            channel,
+            *(int(v or 0) for v in found.get((first + timedelta(days=n), channel), (0,) * 5)),
+        )
+        for n in range(days)
+        for channel in channels
+    ]
+
+
+@dataclass(frozen=True)
+class UsageDay:
+    """One day on the usage page: quota use, and per page what was accepted, failed and its cap use."""
+
+    day: date
+    used: int
+    quota: int | None  # today's quota for today; past days show no quota (it may have changed)
+    pages: dict[int, dict[str, int]]  # page id -> sent, failed, cap_used
+
+
+def usage_by_day(tenant: Tenant, days: int = 30, now: datetime | None = None) -> list[UsageDay]:
+    """Newest first: the last ``days`` days of quota use and per-page activity."""
+    last = quota_day(tenant, now or utcnow())
+    first = last - timedelta(days=days - 1)
+    used: dict[date, dict[str, int]] = defaultdict(dict)
+    for day, scope, count in db.session.execute(
+        select(DailyUsage.day, DailyUsage.scope, DailyUsage.used).where(
+            DailyUsage.tenant_id == tenant.id, DailyUsage.day >= first, DailyUsage.day <= last
+        )
+    ):
+        used[day][scope] = count
+    pages: dict[date, dict[int, dict[str, int]]] = defaultdict(dict)
+    a = DailyActivity
+    for day, page_id, sent, failed in db.session.execute(
+        select(a.day, a.page_id, func.sum(a.sent), func.sum(a.failed))
+        .where(a.tenant_id == tenant.id, a.day >= first, a.day <= last)
+        .group_by(a.day, a.page_id)
+    ):
+        if page_id is not None:
+            pages[day][page_id] = {"sent": int(sent or 0), "failed": int(failed or 0)}
+    for day, scopes in used.items():
+        for scope, count in scopes.items():
+            if scope.startswith("page:") and scope[5:].isdigit():
+                pages[day].setdefault(int(scope[5:]), {"sent": 0, "failed": 0})["cap_used"] = count
+    return [
+        UsageDay(
+            day,
+            used.get(day, {}).get(TENANT_SCOPE, 0),
+            tenant.daily_message_quota if day == last else None,
+            pages.get(day, {}),
+        )
+        for day in (last - timedelta(days=n) for n in range(days))
+    ]
+
+
+# --------------------------------------------------------------------------- across tenants (admin)
+
+
+def local_date(timezone_column: Any) -> Any:
+    """SQL for today's date in each row's time zone (PostgreSQL); UTC's date on SQLite, which has no
+    time zones (the embedded default serves one machine)."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        return func.cast(func.timezone(timezone_column, func.now()), Date)
+    return func.date("now")
+
+
+def sent_since_sql(days: int) -> Any:
+    """Per tenant, what counted against its quota over the last ``days`` days (a subquery)."""
+    since = utcnow().date() - timedelta(days=days)
+    return (
+        select(DailyUsage.tenant_id, func.sum(DailyUsage.used).label("used"))
+        .where(DailyUsage.scope == TENANT_SCOPE, DailyUsage.day > since)
+        .group_by(DailyUsage.tenant_id)
+        .subquery(f"sent_{days}d")
+    )
