@@ -31,6 +31,7 @@ from webapp import (
     message_templates,
     pages,
     realtime,
+    rendering,
     reports,
     segments,
     tenancy,
@@ -94,5 +95,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     for blueprint in (module.bp for module in blueprints):
         app.register_blueprint(blueprint)
+    app.add_template_filter(rendering.chart_time)
     app.cli.add_command(crier_cli)
     return app

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from flask import Response, make_response, render_template
+from flask import Response, g, make_response, render_template
 from htmx_flask import request
 from jinja2_fragments.flask import render_block
+
+from tenants.campaigns import tenant_zone
 
 
 def render_page(template_name: str, block: str, status: int = 200, **context: Any) -> Response:
@@ -19,3 +22,10 @@ def render_page(template_name: str, block: str, status: int = 200, **context: An
     response = make_response(body, status)
     response.vary.add("HX-Request")
     return response
+
+
+def chart_time(epoch_seconds: float) -> str:
+    """An instant on a chart's time axis as wall-clock time in the workspace's zone (UTC without one)."""
+    workspace = g.get("workspace")
+    zone = tenant_zone(workspace.tenant) if workspace is not None else UTC
+    return datetime.fromtimestamp(epoch_seconds, UTC).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
