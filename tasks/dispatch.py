@@ -111,25 +111,43 @@ WRITE_OUTCOME = (  # one row of outcomes (executemany), for databases without ar
         lease_until=None,
     )
 )
-WRITE_OUTCOMES_POSTGRESQL = text(  # the same rows as arrays, one a column
+WRITE_OUTCOMES_POSTGRESQL = text(  # the same rows as arrays, one a column, and the day's activity
     """
-    UPDATE deliveries AS d
-    SET state = v.state, attempts = v.attempts, due_at = v.due_at,
-        provider_message_id = v.provider_message_id, error_code = v.error_code,
-        error_text = v.error_text, sent_at = v.sent_at, retryable = v.retryable, lease_until = NULL
-    FROM unnest(CAST(:b_id AS bigint[]), CAST(:b_state AS varchar[]), CAST(:b_attempts AS integer[]),
-                CAST(:b_due_at AS timestamptz[]), CAST(:b_provider_message_id AS varchar[]),
-                CAST(:b_error_code AS varchar[]), CAST(:b_error_text AS varchar[]),
-                CAST(:b_sent_at AS timestamptz[]), CAST(:b_retryable AS boolean[]))
-         AS v(id, state, attempts, due_at, provider_message_id, error_code, error_text, sent_at, retryable)
-    WHERE d.id = v.id AND d.tenant_id = :tenant_id AND d.state = (SELECT 'in_flight')
-    RETURNING d.id
+    WITH written AS (
+        UPDATE deliveries AS d
+        SET state = v.state, attempts = v.attempts, due_at = v.due_at,
+            provider_message_id = v.provider_message_id, error_code = v.error_code,
+            error_text = v.error_text, sent_at = v.sent_at, retryable = v.retryable, lease_until = NULL
+        FROM unnest(CAST(:b_id AS bigint[]), CAST(:b_state AS varchar[]), CAST(:b_attempts AS integer[]),
+                    CAST(:b_due_at AS timestamptz[]), CAST(:b_provider_message_id AS varchar[]),
+                    CAST(:b_error_code AS varchar[]), CAST(:b_error_text AS varchar[]),
+                    CAST(:b_sent_at AS timestamptz[]), CAST(:b_retryable AS boolean[]))
+             AS v(id, state, attempts, due_at, provider_message_id, error_code, error_text, sent_at,
+                  retryable)
+        WHERE d.id = v.id AND d.tenant_id = :tenant_id AND d.state = (SELECT 'in_flight')
+        RETURNING d.id, d.state
+    ), counted AS (
+        INSERT INTO daily_activity AS a
+            (tenant_id, day, campaign_id, page_id, channel, sent, delivered, read, failed, replied)
+        SELECT :tenant_id, CAST(:day AS date), CAST(:campaign_id AS integer), CAST(:page_id AS integer),
+               CAST(:channel AS varchar), count(*) FILTER (WHERE state = 'sent'), 0, 0,
+               count(*) FILTER (WHERE state = 'failed'), 0
+        FROM written
+        HAVING count(*) FILTER (WHERE state IN ('sent', 'failed')) > 0
+        ON CONFLICT (tenant_id, day, campaign_id)
+        DO UPDATE SET sent = a.sent + EXCLUDED.sent, failed = a.failed + EXCLUDED.failed
+    )
+    SELECT id FROM written
     """
 )
 """The state is compared with a subquery so that it cannot match the in-flight index's predicate: that
 index keeps an entry for every row updated since the last vacuum, and a plan scanning it (psycopg's
 prepared statement got such a generic plan) took 50-150 ms per write at 1,000 sends/s, where going by
-primary key takes about 1 ms, and kept a PostgreSQL core busy."""
+primary key takes about 1 ms, and kept a PostgreSQL core busy.
+
+What the provider accepted and what failed is added to the day's activity (``tenants.usage``'s
+``count_activity``, here written for this one statement) in the same round trip: a second statement
+in the write's transaction made it longer, and more of them were cut when connections dropped."""
 
 
 # --------------------------------------------------------------------------- settings and plumbing
@@ -1156,41 +1174,30 @@ class Slice:
         def work() -> None:
             # only rows still in flight are written and refunded: after a lost commit acknowledgement
             # the retry finds them written and gives nothing back twice
-            now = utcnow()
-            held = self._write_rows(outcomes, now)
+            held = self._write_rows(outcomes, utcnow())
             refunds: dict[date, int] = {}
             for o in outcomes:
                 if o.refund is not None and o.id in held:
                     refunds[o.refund] = refunds.get(o.refund, 0) + 1
             for day, count in refunds.items():
                 self.add_usage(day, -count)
-            self.count_outcomes([o for o in outcomes if o.id in held], now)
             db.session.commit()
 
         with_db_retry(work, f"campaign {self.campaign_id}: recording outcomes")
         self.after_flush()
 
-    def count_outcomes(self, written: list[Write], now: datetime) -> None:
-        """Add what the provider accepted and what failed to today's activity (charts, usage)."""
-        sent = sum(1 for o in written if o.state is DeliveryState.SENT)
-        failed = sum(1 for o in written if o.state is DeliveryState.FAILED)
-        if sent or failed:
-            count_activity(
-                [
-                    {
-                        "tenant_id": self.tenant_id,
-                        "day": quota_day(self.tenant_row, now),
-                        "campaign_id": self.campaign_id,
-                        "page_id": self.page.id,
-                        "channel": self.page.kind.value,
-                        "sent": sent,
-                        "failed": failed,
-                    }
-                ]
-            )
+    def activity_key(self, now: datetime) -> dict[str, Any]:
+        """Where this slice's outcomes are counted in the daily activity (charts, usage)."""
+        return {
+            "tenant_id": self.tenant_id,
+            "day": quota_day(self.tenant_row, now),
+            "campaign_id": self.campaign_id,
+            "page_id": self.page.id,
+            "channel": self.page.kind.value,
+        }
 
     def _write_rows(self, outcomes: list[Write], now: datetime) -> set[int]:
-        """Update the rows of ``outcomes`` still in flight; their ids."""
+        """Update the rows of ``outcomes`` still in flight and count them in the day's activity; their ids."""
         rows = [
             {
                 "b_id": o.id,
@@ -1210,9 +1217,7 @@ class Slice:
             # one statement over arrays (a column each): one round trip for the whole batch
             columns = {name: [row[name] for row in rows] for name in rows[0]}
             return set(
-                connection.execute(
-                    WRITE_OUTCOMES_POSTGRESQL, {"tenant_id": self.tenant_id, **columns}
-                ).scalars()
+                connection.execute(WRITE_OUTCOMES_POSTGRESQL, {**self.activity_key(now), **columns}).scalars()
             )
         held = set(
             connection.execute(
@@ -1227,6 +1232,16 @@ class Slice:
         )
         if held:
             connection.execute(WRITE_OUTCOME, [row for row in rows if row["b_id"] in held])
+            states = [o.state for o in outcomes if o.id in held]
+            count_activity(
+                [
+                    {
+                        **self.activity_key(now),
+                        "sent": states.count(DeliveryState.SENT),
+                        "failed": states.count(DeliveryState.FAILED),
+                    }
+                ]
+            )
         return held
 
     def after_flush(self) -> None:

@@ -18,6 +18,7 @@ from tenants.events import InboundMessage, Receipt, WebhookEvent
 from tenants.models import Tenant
 from tenants.pages import Page, ProviderKind, apply_form
 from tenants.scoping import all_tenants, tenant
+from tenants.usage import DailyActivity
 
 PEOPLE = {
     "Ana": "+5511961000001",
@@ -198,6 +199,17 @@ def millis(at: datetime) -> int:
 # --------------------------------------------------------------------------- delivered, read, failed
 
 
+def activity(campaign_id: int) -> dict[str, int]:
+    """The campaign's daily activity summed over days: what the charts and the usage page count."""
+    names = ("sent", "delivered", "read", "failed", "replied")
+    totals = db.session.execute(
+        select(*(func.coalesce(func.sum(getattr(DailyActivity, n)), 0) for n in names)).where(
+            DailyActivity.campaign_id == campaign_id
+        )
+    ).one()
+    return dict(zip(names, totals, strict=True))
+
+
 def test_delivered_then_read_moves_the_delivery_forward(shop):
     ana = shop.delivery("Ana")
     delivered_at, read_at = shop.sent_at + timedelta(seconds=5), shop.sent_at + timedelta(seconds=30)
@@ -214,6 +226,7 @@ def test_delivered_then_read_moves_the_delivery_forward(shop):
     assert db.session.scalar(select(func.count()).where(Receipt.applied_at.is_(None))) == 0
     summary = shop.summary()
     assert (summary["sent"], summary["delivered"], summary["read"]) == (4, 1, 1)
+    assert activity(shop.wa_campaign) == {"sent": 0, "delivered": 1, "read": 1, "failed": 0, "replied": 0}
 
 
 def test_a_read_that_arrives_first_implies_delivery(shop):
@@ -234,6 +247,21 @@ def test_a_read_that_arrives_first_implies_delivery(shop):
     assert (late.state, late.read_at) == (DeliveryState.READ, read_at)  # a late "delivered" never goes back
     assert late.delivered_at is not None and late.delivered_at <= read_at
     assert shop.summary()["delivered"] == 1 and shop.summary()["read"] == 1
+    # the read counted the delivery it implied, once; the late "delivered" counted nothing more
+    assert activity(shop.wa_campaign) == {"sent": 0, "delivered": 1, "read": 1, "failed": 0, "replied": 0}
+
+
+def test_a_receipt_for_an_unknown_delivery_counts_it_as_sent_and_delivered(shop):
+    carla = shop.delivery("Carla")
+    carla.state = DeliveryState.UNKNOWN
+    db.session.commit()
+    callback(
+        shop.whatsapp,
+        ProviderKind.WHATSAPP,
+        whatsapp(statuses=(wa_status(carla, "delivered", shop.sent_at + timedelta(seconds=4)),)),
+    )
+    assert shop.delivery("Carla").state is DeliveryState.DELIVERED
+    assert activity(shop.wa_campaign) == {"sent": 1, "delivered": 1, "read": 0, "failed": 0, "replied": 0}
 
 
 def test_a_repeated_callback_changes_nothing_twice(shop):
@@ -322,8 +350,23 @@ def test_a_failed_receipt_marks_the_delivery_failed_with_the_providers_code(shop
     dan = shop.delivery("Dan")
     assert (dan.state, dan.error_code) == (DeliveryState.FAILED, "131026")
     assert dan.error_text == "the provider reported: Message undeliverable"
+    assert dan.retryable is False  # 131026: undeliverable to this person, sending again cannot help
     summary = shop.summary()
     assert (summary["failed"], summary["sent"], summary["failure_rate"]) == (1, 3, 0.25)
+    assert activity(shop.wa_campaign)["failed"] == 1
+
+
+def test_a_failed_receipt_whose_code_says_try_later_is_worth_resending(shop):
+    carla = shop.delivery("Carla")
+    failed = wa_status(
+        carla,
+        "failed",
+        shop.sent_at + timedelta(seconds=3),
+        errors=[{"code": 131000, "title": "Something went wrong"}],
+    )
+    callback(shop.whatsapp, ProviderKind.WHATSAPP, whatsapp(statuses=(failed,)))
+    carla = shop.delivery("Carla")
+    assert (carla.state, carla.error_code, carla.retryable) == (DeliveryState.FAILED, "131000", True)
 
 
 def test_messenger_delivery_and_read_watermarks(shop):
@@ -343,6 +386,7 @@ def test_messenger_delivery_and_read_watermarks(shop):
     assert (ana.state, ana.delivered_at, ana.read_at) == (DeliveryState.READ, delivered, read)
     assert (bruno.state, bruno.read_at) == (DeliveryState.DELIVERED, None)  # read only what came before
     assert shop.delivery("Ana").state is DeliveryState.SENT  # the WhatsApp campaign is another page
+    assert activity(shop.fb_campaign) == {"sent": 0, "delivered": 2, "read": 1, "failed": 0, "replied": 0}
 
 
 def test_a_reference_is_only_taken_from_the_page_that_sent_it(shop):
@@ -415,6 +459,11 @@ def test_replies_count_and_stop_opts_the_person_out(shop):
     assert carla.opted_out is True and "unsubscribe" in carla.opted_out_source
     summary = shop.summary()
     assert (summary["replied"], summary["delivered"], summary["reply_rate"]) == (3, 4, 0.75)
+    assert activity(shop.wa_campaign)["replied"] == 3
+    replies = db.session.scalars(select(InboundMessage).order_by(InboundMessage.received_at)).all()
+    assert [(r.campaign_id, r.delivery_id) for r in replies] == [
+        (shop.wa_campaign, shop.delivery(name).id) for name in ("Ana", "Bruno", "Carla")
+    ]
 
     next_campaign = Campaign(
         name="Next",

@@ -34,6 +34,21 @@ def _no_duplicates(engine: EngineRun) -> list[dict]:
     return ledger
 
 
+def _activity(tenant_id: int, campaign_id: int) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from tenants.db import db
+    from tenants.usage import DailyActivity
+
+    sent, failed = db.session.execute(
+        select(func.sum(DailyActivity.sent), func.sum(DailyActivity.failed)).where(
+            DailyActivity.tenant_id == tenant_id, DailyActivity.campaign_id == campaign_id
+        )
+    ).one()
+    db.session.commit()
+    return {"sent": sent or 0, "failed": failed or 0}
+
+
 def test_a_campaign_sends_every_recipient_once_with_their_own_text(engine):
     tenant_id, page_id, list_id = engine.setup(contacts=300)
     campaign_id = engine.campaign(tenant_id, page_id, list_id, "Hi {{first_name}} from {{city}}")
@@ -43,6 +58,7 @@ def test_a_campaign_sends_every_recipient_once_with_their_own_text(engine):
     done = engine.wait(tenant_id, campaign_id)
 
     assert (done["total"], done["sent"], done["failed"], done["percent"]) == (300, 300, 0, 100.0)
+    assert _activity(tenant_id, campaign_id) == {"sent": 300, "failed": 0}
     ledger = _no_duplicates(engine)
     assert len(ledger) == 300
     deliveries = {str(d.id): d for d in engine.deliveries(tenant_id, campaign_id)}
@@ -148,6 +164,10 @@ def test_throttling_transient_errors_and_slow_answers_lose_nobody(engine):
     assert stats["rejected"]["throttled"] > 0, "the sandbox never throttled: the test proves nothing"
     assert stats["rejected"]["transient"] > 0
     assert done["sent"] == stats["accepted"] == len(_no_duplicates(engine))
+    # the day's activity (charts, usage) counts exactly what the deliveries say, retries and all
+    assert _activity(tenant_id, campaign_id) == {"sent": done["sent"], "failed": done["failed"]}
+    # failures whose retries ran out are the ones a resend sends again
+    assert all(d.retryable for d in deliveries if d.state is DeliveryState.FAILED)
 
 
 def test_a_page_the_provider_refuses_is_disabled_and_its_campaign_paused(engine):
@@ -345,6 +365,10 @@ def test_outcome_writes_find_their_deliveries_by_primary_key_whatever_plan_postg
         values = {name: [columns.get(name)] * len(ids) for name in positions} | {
             "b_id": ids,
             "tenant_id": acme.id,
+            "day": "2026-12-05",
+            "campaign_id": spring.id,
+            "page_id": None,
+            "channel": "whatsapp",
         }
         connection = db.session.connection().connection.driver_connection
         arguments = [values[name] for name in positions]
