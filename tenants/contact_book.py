@@ -11,7 +11,9 @@ from sqlalchemy import Select, delete, exists, func, select, text
 
 from tenants.contacts import Contact, ContactList, ContactListMember, Segment
 from tenants.db import db, utcnow
+from tenants.models import Tenant
 from tenants.phones import InvalidPhone, to_e164
+from tenants.scoping import current_tenant_id
 from tenants.segments import segment_filter
 from tenants.spreadsheet import neutralise_row
 
@@ -198,6 +200,19 @@ def _clean_email(raw: str) -> str | None:
         raise ContactError(f"Email: {exc}") from None
 
 
+def check_contact_room() -> None:
+    """Refuse a new contact once the current tenant has as many as its plan allows."""
+    workspace = db.session.get(Tenant, current_tenant_id(db.session))
+    if workspace is None:
+        return
+    count = db.session.scalar(select(func.count()).select_from(Contact))
+    if count >= workspace.max_contacts:
+        raise ContactError(
+            f"Your plan allows {workspace.max_contacts:,} contacts and you have {count:,}. "
+            "Delete some, or ask us to raise the limit."
+        )
+
+
 def save_contact(
     contact: Contact,
     *,
@@ -209,7 +224,10 @@ def save_contact(
     company: str,
     custom_fields: dict[str, Any],
 ) -> Contact:
-    """Validate and apply the contact form: E.164 phone, valid email, each unique in the tenant."""
+    """Validate and apply the contact form: E.164 phone, valid email, each unique in the tenant; a new
+    contact only while the plan's contacts limit has room."""
+    if contact.id is None:
+        check_contact_room()
     try:
         clean_phone = to_e164(phone, default_country) if phone.strip() else None
     except InvalidPhone as exc:

@@ -732,8 +732,15 @@ class _Outcome:
 class _Batch:
     """Decides, row by row, what each row of a batch does, against the database and earlier rows."""
 
-    def __init__(self, rows: list[_Row], existing: Iterable[Any], update_existing: bool):
+    def __init__(
+        self,
+        rows: list[_Row],
+        existing: Iterable[Any],
+        update_existing: bool,
+        room: ContactRoom | None = None,
+    ):
         self.update_existing = update_existing
+        self.room = room
         self.by_phone: dict[str, _Target] = {}
         self.by_email: dict[str, _Target] = {}
         for found in {row.id: row for row in existing}.values():  # (id, phone, email, ours)
@@ -764,6 +771,9 @@ class _Batch:
         target = by_phone or by_email
         outcome = self.outcome
         if target is None:
+            if self.room is not None and len(self.new) >= self.room.left:
+                outcome.rejections.append(_Rejection(row.line, row.raw, self.room.reason))
+                return
             target = _Target(row.phone, row.email)
             self.new.append(target)
             outcome.created += 1
@@ -864,6 +874,20 @@ class _Plan:
     marker: datetime
     update_existing: bool
     list_id: int | None
+    contact_limit: int | None = None  # the plan's contacts limit (tenants.plans)
+    contacts_before: int = 0  # the tenant's contacts when the import started
+
+
+@dataclass(frozen=True)
+class ContactRoom:
+    """How many new contacts a batch may still create under the plan's limit, and what a row beyond says."""
+
+    left: int
+    limit: int
+
+    @property
+    def reason(self) -> str:
+        return f"the workspace's plan allows {self.limit:,} contacts; this row would add one more"
 
 
 class _PortableWriter:
@@ -1153,12 +1177,15 @@ def _writer_for(plan: _Plan, portable: bool = False) -> _PortableWriter:
     return _PortableWriter(plan)
 
 
-def _write_batch(writer: _PortableWriter, rows: list[_Row], rejections: list[_Rejection]) -> _Outcome:
-    """Resolve and write one batch in the session's transaction; the caller commits."""
+def _write_batch(
+    writer: _PortableWriter, rows: list[_Row], rejections: list[_Rejection], room: ContactRoom | None = None
+) -> _Outcome:
+    """Resolve and write one batch in the session's transaction; the caller commits. Rows that would
+    create contacts beyond ``room`` are rejected (the plan's limit)."""
     plan = writer.plan
     phones = sorted({r.phone for r in rows if r.phone})
     emails = sorted({r.email for r in rows if r.email})
-    batch = _Batch(rows, writer.existing(phones, emails), plan.update_existing)
+    batch = _Batch(rows, writer.existing(phones, emails), plan.update_existing, room)
     outcome = batch.outcome
     outcome.rejections = sorted(rejections + outcome.rejections, key=lambda r: r.line)
 
@@ -1405,7 +1432,18 @@ class _Import:
             raise MappingError("The target list was deleted; choose another list.")
         tenant_row = db.session.get(Tenant, record.tenant_id)
         self.country = tenant_row.default_country if tenant_row is not None else None
-        plan = _Plan(record.tenant_id, record.id, record.started_at, record.update_existing, record.list_id)
+        contacts_before = db.session.scalar(
+            select(func.count()).select_from(Contact).where(Contact.tenant_id == record.tenant_id)
+        )
+        plan = _Plan(
+            record.tenant_id,
+            record.id,
+            record.started_at,
+            record.update_existing,
+            record.list_id,
+            tenant_row.max_contacts if tenant_row is not None else None,
+            contacts_before or 0,
+        )
         return plan, header, mapping, encoding, delimiter
 
     def _count(self, encoding: str, delimiter: str) -> int:
@@ -1473,9 +1511,14 @@ class _Import:
         self, writer, rows: list[_Row], rejections: list[_Rejection], progress: ImportProgress
     ) -> list[int]:
         """Write one batch (retrying it if another writer got in the way); answers the contacts to list."""
+        plan = writer.plan
+        room = None
+        if plan.contact_limit is not None:
+            left = max(0, plan.contact_limit - plan.contacts_before - progress.created)
+            room = ContactRoom(left, plan.contact_limit)
         for attempt in range(3):
             try:
-                outcome = _write_batch(writer, rows, rejections)
+                outcome = _write_batch(writer, rows, rejections, room)
                 record = self.record
                 progress.processed += len(rows) + len(rejections)
                 progress.created += outcome.created

@@ -513,6 +513,28 @@ def test_importing_twice_adds_list_members_once(acme, tmp_path):
     assert db.session.scalar(select(func.count()).select_from(ContactListMember)) == 2
 
 
+@pytest.mark.parametrize("portable", [False, True], ids=["postgresql-writer", "portable-writer"])
+def test_rows_beyond_the_plans_contacts_limit_are_rejected_and_existing_ones_still_update(
+    acme, tmp_path, portable, monkeypatch
+):
+    with all_tenants(db.session):
+        db.session.get(Tenant, acme).max_contacts = 4
+    _existing(phone="+5511961234567", first_name="Old")
+    db.session.commit()
+    monkeypatch.setattr("tenants.contact_import.BATCH_ROWS", 2)  # the limit holds across batches
+    rows = "\n".join(f"+55119612345{n:02d},Person {n}" for n in range(60, 66))
+    path = write(tmp_path, "many.csv", f"phone,first_name\n+5511961234567,Renamed\n{rows}\n")
+
+    result = run_import(path, portable=portable)
+
+    assert counts(result) == (3, 1, 0, 0, 3)  # 1 existing + 3 new = the limit of 4
+    reasons = rejections(result.import_id)
+    assert sorted(reasons) == [6, 7, 8]
+    assert set(reasons.values()) == {"the workspace's plan allows 4 contacts; this row would add one more"}
+    assert contacts_by_phone()["+5511961234567"].first_name == "Renamed"
+    assert len(contacts_by_phone()) == 4
+
+
 def test_an_import_never_touches_another_tenants_contacts(app, tmp_path):
     path = write(tmp_path, "n.csv", NAMES + "12,Bad,\n")
     with app.app_context():

@@ -177,3 +177,18 @@ def test_export_is_spreadsheet_safe_filtered_and_only_this_tenants(app, auth, cl
     evil = next(line for line in lines if "HYPERLINK" in line)
     assert "'=HYPERLINK" in evil and "'+5511961200003" in evil
     assert "Secret" not in response.get_data(as_text=True)
+
+
+def test_a_new_contact_beyond_the_plans_limit_is_refused_but_edits_go_on(app, auth, client, acme):
+    with app.app_context(), all_tenants(db.session):
+        db.session.get(Tenant, acme["tenant_id"]).max_contacts = 120  # the fixture made 120
+        db.session.commit()
+    refused = auth.post("/contacts/new", {"phone": "+5511961299999", "first_name": "One more"})
+    assert refused.status_code == 400
+    assert "Your plan allows 120 contacts and you have 120." in refused.get_data(as_text=True)
+    edited = auth.post(
+        f"/contacts/{acme['ids'][0]}/edit", {"phone": "+5511961200000", "first_name": "Still editable"}
+    )
+    assert edited.status_code == 302
+    with app.app_context(), tenant(db.session, acme["tenant_id"]):
+        assert db.session.scalar(select(func.count()).select_from(Contact)) == 120
