@@ -9,11 +9,13 @@ from urllib.parse import urlsplit
 from sqlalchemy import delete, insert, select, text
 
 from tenants.accounts import find_user, hash_password, sign_up
+from tenants.campaigns import Campaign, apply_campaign_form
 from tenants.contacts import Contact, ContactList, ContactListMember
 from tenants.db import db
 from tenants.models import Tenant
 from tenants.pages import Page, PageState, ProviderKind, apply_form
 from tenants.scoping import tenant
+from tenants.templates import Template
 
 DEMO_EMAIL = "demo@crier.example"
 DEMO_WORKSPACE = "Crier Demo"
@@ -187,3 +189,52 @@ def _demo_list(count: int) -> ContactList:
     if db.engine.dialect.name == "postgresql":
         db.session.execute(text("ANALYZE contacts, contact_list_members"))  # fresh rows, fresh plans
     return contact_list
+
+
+FIRST_CAMPAIGN = "Welcome to the demo"
+FIRST_CAMPAIGN_LIST = "First campaign"
+FIRST_CAMPAIGN_RECIPIENTS = 200
+WELCOME_TEMPLATE = "Welcome"
+WELCOME_TEXT = "Hi {{first_name}}, welcome to the Crier demo! Greetings from {{city}}. Reply STOP to opt out."
+
+
+def first_campaign_draft(page: Page) -> Campaign | None:
+    """The demo's first campaign, a draft through ``page`` with the "Welcome" template to the first
+    recipients of the demo list; None once the workspace has any campaign (made once)."""
+    if db.session.scalar(select(Campaign.id).limit(1)) is not None:
+        return None
+    template = db.session.scalar(select(Template).where(Template.name == WELCOME_TEMPLATE))
+    if template is None:
+        template = Template(name=WELCOME_TEMPLATE, channel=page.kind, body=WELCOME_TEXT)
+        db.session.add(template)
+    first = db.session.scalar(select(ContactList).where(ContactList.name == FIRST_CAMPAIGN_LIST))
+    if first is None:
+        first = ContactList(name=FIRST_CAMPAIGN_LIST)
+        db.session.add(first)
+        db.session.flush()
+        demo = db.session.scalar(select(ContactList.id).where(ContactList.name == DEMO_LIST))
+        chosen = db.session.scalars(
+            select(ContactListMember.contact_id)
+            .where(ContactListMember.list_id == demo)
+            .order_by(ContactListMember.contact_id)
+            .limit(FIRST_CAMPAIGN_RECIPIENTS)
+        ).all()
+        db.session.execute(
+            insert(ContactListMember),
+            [{"tenant_id": first.tenant_id, "list_id": first.id, "contact_id": i} for i in chosen],
+        )
+    db.session.flush()
+    campaign = apply_campaign_form(
+        Campaign(),
+        {
+            "name": FIRST_CAMPAIGN,
+            "page_id": page.id,
+            "template_id": template.id,
+            "list_ids": [first.id],
+            "schedule": "manual",
+        },
+        db.session.get(Tenant, page.tenant_id),
+    )
+    db.session.add(campaign)
+    db.session.commit()
+    return campaign

@@ -19,10 +19,12 @@ from flask import current_app
 from flask_migrate import upgrade
 from sqlalchemy import select
 
-from tasks import channel_checks
+from tasks import channel_checks, lifecycle
+from tasks.dispatch import allowed_private_hosts
+from tenants.audit import Actor, acting_as
 from tenants.db import db
-from tenants.demo import DEMO_CONTACTS, DEMO_EMAIL, refresh_demo
-from tenants.pages import Page
+from tenants.demo import DEMO_CONTACTS, DEMO_EMAIL, first_campaign_draft, refresh_demo
+from tenants.pages import Page, ProviderKind, record_verification
 from tenants.scoping import tenant
 from webapp.extensions import socketio
 
@@ -129,7 +131,7 @@ def prepare_demo(app, web_url: str) -> None:
         except httpx.HTTPError:
             return False
 
-    def subscribe_when_ready() -> None:
+    def when_ready() -> None:
         sandbox = app.config["SANDBOX_URL"].rstrip("/")
         deadline = time.monotonic() + 60
         while not (answers(f"{web_url}/healthz") and answers(f"{sandbox}/_sandbox/health")):
@@ -137,13 +139,42 @@ def prepare_demo(app, web_url: str) -> None:
                 click.secho("Demo receipts not connected: the web server or sandbox did not start.", fg="red")
                 return
             time.sleep(0.25)
-        with app.app_context(), tenant(db.session, tenant_id):
-            for page in db.session.scalars(select(Page)):
-                callback = f"{web_url}/webhooks/{page.kind.value}/{page.id}"
-                outcome = channel_checks.subscribe_sandbox_receipts(sandbox, page, callback)
-                click.echo(f"Demo page {page.name}: {outcome}")
+        for line in show_the_demo_working(app, web_url, tenant_id):
+            click.echo(line)
 
-    threading.Thread(target=subscribe_when_ready, name="demo-receipts", daemon=True).start()
+    threading.Thread(target=when_ready, name="demo-receipts", daemon=True).start()
+
+
+def show_the_demo_working(app, web_url: str, tenant_id: int) -> list[str]:
+    """Once the web server and the sandbox answer: route the sandbox's receipts to every demo page,
+    verify the demo WhatsApp page, and the first time send a small campaign with a template through
+    it, so the dashboard, the usage page and the report have real numbers on first run. Returns
+    what it did, a line each."""
+    sandbox = app.config["SANDBOX_URL"].rstrip("/")
+    said = []
+    with app.app_context(), tenant(db.session, tenant_id), acting_as(Actor(None, "demo set-up")):
+        for page in db.session.scalars(select(Page).order_by(Page.id)).all():
+            callback = f"{web_url}/webhooks/{page.kind.value}/{page.id}"
+            said.append(
+                f"Demo page {page.name}: {channel_checks.subscribe_sandbox_receipts(sandbox, page, callback)}"
+            )
+        whatsapp = db.session.scalar(select(Page).where(Page.kind == ProviderKind.WHATSAPP).order_by(Page.id))
+        if whatsapp is None:
+            return said
+        result = channel_checks.verify(
+            channel_checks.connection_for(whatsapp, allowed_private_hosts(app.config))
+        )
+        record_verification(whatsapp, result.ok, result.detail)
+        db.session.commit()
+        said.append(f"Demo page {whatsapp.name} verified: {result.detail}")
+        draft = first_campaign_draft(whatsapp) if result.ok else None
+        if draft is not None:
+            started = lifecycle.start_campaign(draft)
+            said.append(
+                f"Demo campaign {draft.name!r} started to {draft.total:,} contacts"
+                + (f" ({started.problem})" if started.problem else "")
+            )
+    return said
 
 
 def run_everything(host: str, port: int, worker_processes: int) -> None:
