@@ -24,9 +24,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tenants.campaigns import next_midnight, quota_day
+from tenants.contacts import Contact
 from tenants.db import db, utcnow
 from tenants.models import Tenant
 from tenants.pages import Page, ProviderKind
+from tenants.plans import LIMITS, Plan
 
 TENANT_SCOPE = "tenant"
 ACTIVITY_COUNTS = ("sent", "delivered", "read", "failed", "replied")
@@ -325,3 +327,110 @@ def sent_since_sql(days: int) -> Any:
         .group_by(DailyUsage.tenant_id)
         .subquery(f"sent_{days}d")
     )
+
+
+# --------------------------------------------------------------------------- the usage page
+
+
+@dataclass(frozen=True)
+class UsagePage:
+    """A page as a column of the usage table (a deleted page keeps its counted days)."""
+
+    page_id: int
+    name: str
+    channel: str
+    deleted: bool = False
+
+
+def pages_in_usage(tenant: Tenant, days: list[UsageDay]) -> list[UsagePage]:
+    """The tenant's pages by name, then deleted pages that still have numbers in ``days``."""
+    pages = [
+        UsagePage(page_id, name, kind.value)
+        for page_id, name, kind in db.session.execute(
+            select(Page.id, Page.name, Page.kind)
+            .where(Page.tenant_id == tenant.id)
+            .order_by(Page.name, Page.id)
+        )
+    ]
+    known = {page.page_id for page in pages}
+    gone = sorted({page_id for day in days for page_id in day.pages} - known)
+    if gone:
+        channels = dict(
+            db.session.execute(
+                select(DailyActivity.page_id, func.max(DailyActivity.channel))
+                .where(DailyActivity.tenant_id == tenant.id, DailyActivity.page_id.in_(gone))
+                .group_by(DailyActivity.page_id)
+            ).all()
+        )
+        pages += [
+            UsagePage(page_id, f"Deleted page #{page_id}", channels.get(page_id, ""), True)
+            for page_id in gone
+        ]
+    return pages
+
+
+USAGE_CSV_HEADER = ("day", "page", "channel", "sent", "failed", "cap used", "quota used")
+
+
+def usage_csv_rows(tenant: Tenant, days: int = 30, now: datetime | None = None) -> list[tuple]:
+    """The usage page's numbers as spreadsheet rows, newest day first: one per page with numbers
+    that day (the day's quota use repeated on each), or one without a page for a day without any."""
+    history = usage_by_day(tenant, days, now)
+    pages = pages_in_usage(tenant, history)
+    rows: list[tuple] = []
+    for day in history:
+        shown = [page for page in pages if page.page_id in day.pages]
+        for page in shown:
+            counts = day.pages[page.page_id]
+            rows.append(
+                (
+                    day.day.isoformat(),
+                    page.name,
+                    page.channel,
+                    counts.get("sent", 0),
+                    counts.get("failed", 0),
+                    counts.get("cap_used", 0),
+                    day.used,
+                )
+            )
+        if not shown:
+            rows.append((day.day.isoformat(), "", "", 0, 0, 0, day.used))
+    return rows
+
+
+@dataclass(frozen=True)
+class LimitUse:
+    """One of the plan's limits as it applies to the tenant, and how much of it is taken."""
+
+    key: str
+    label: str
+    unit: str
+    value: int
+    used: int | None  # pages and contacts: how many there are; other limits are not a stock
+    overridden: bool  # set for this tenant alone, not the plan's
+
+
+def limits_in_use(tenant: Tenant) -> tuple[str | None, list[LimitUse]]:
+    """The tenant's plan name (None: limits of its own) and its five effective limits."""
+    plan_name = (
+        db.session.scalar(select(Plan.name).where(Plan.id == tenant.plan_id)) if tenant.plan_id else None
+    )
+    stock = {
+        "max_pages": db.session.scalar(select(func.count(Page.id)).where(Page.tenant_id == tenant.id)) or 0,
+        "max_contacts": db.session.scalar(
+            select(func.count(Contact.id)).where(Contact.tenant_id == tenant.id)
+        )
+        or 0,
+    }
+    overrides = tenant.limit_overrides or {}
+    return plan_name, [
+        LimitUse(
+            spec.key,
+            spec.label,
+            spec.unit,
+            getattr(tenant, spec.key),
+            stock.get(spec.key),
+            spec.key in overrides,
+        )
+        for spec in LIMITS
+    ]

@@ -10,6 +10,8 @@ VENDOR_FILES = {
     "htmx.min.js": "htmx.org/dist/htmx.min.js",
     "socket.io.min.js": "socket.io-client/dist/socket.io.min.js",
     "pico.min.css": "@picocss/pico/css/pico.min.css",
+    "uPlot.iife.min.js": "uplot/dist/uPlot.iife.min.js",
+    "uPlot.min.css": "uplot/dist/uPlot.min.css",
 }
 
 

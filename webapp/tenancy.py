@@ -82,6 +82,10 @@ def init_app(app: Flask) -> None:
 
     app.before_request(_bind_request_tenant)
 
+    @app.teardown_request
+    def _forget_actor(error: BaseException | None = None) -> None:
+        set_actor(SYSTEM)  # what runs next on this thread is not this request's user
+
     @app.context_processor
     def workspace_context() -> dict:
         def my_workspaces() -> list[Workspace]:

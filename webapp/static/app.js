@@ -59,5 +59,16 @@
     if (message && !window.confirm(message)) event.preventDefault();
   });
 
+  // On a narrow screen the navigation hides behind a menu button (the CSS reads aria-expanded).
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest && event.target.closest(".menu-toggle");
+    if (!button) return;
+    button.setAttribute("aria-expanded", button.getAttribute("aria-expanded") === "true" ? "false" : "true");
+  });
+  document.addEventListener("keydown", (event) => {
+    const button = document.querySelector('.menu-toggle[aria-expanded="true"]');
+    if (event.key === "Escape" && button) { button.setAttribute("aria-expanded", "false"); button.focus(); }
+  });
+
   document.addEventListener("DOMContentLoaded", connect);
 })();

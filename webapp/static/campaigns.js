@@ -81,6 +81,8 @@
 
   function drawRow(row, data) {
     setText(row, '[data-live="percent"]', Number(data.percent || 0).toFixed(1) + "%");
+    const bar = row.querySelector('[data-live="bar"]');
+    if (bar && data.total !== undefined) { bar.max = Math.max(data.total || 0, 1); bar.value = data.processed || 0; }
     const state = row.querySelector('[data-live="state"]');
     if (state && state.textContent !== data.state) {
       state.textContent = data.state;

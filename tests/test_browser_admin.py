@@ -1,0 +1,148 @@
+"""The platform operator in a real browser: a quota raised shows on the tenant's open dashboard at once,
+a suspension stops a running campaign within seconds, and the audit log lists both."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from playwright.sync_api import Page, expect
+from sqlalchemy import insert, select
+
+from tenants.accounts import make_platform_admin
+from tenants.campaigns import Campaign, CampaignState
+from tenants.contacts import Contact, ContactList, ContactListMember
+from tenants.db import db
+from tenants.scoping import all_tenants, tenant
+from tests.conftest import ARTIFACTS, PASSWORD
+from tests.factories import tenant_named
+
+RECIPIENTS = 600
+RATE = 25  # messages per second: the campaign runs for half a minute unless stopped
+ADMIN_EMAIL, ADMIN_PASSWORD = "operator@crier.example", "an operator password"
+
+
+def _accepted(sandbox) -> int:
+    return httpx.get(f"{sandbox.url}/_sandbox/stats", timeout=5).json()["accepted"]
+
+
+def _sign_up_with_a_sandbox_page(page: Page, live_server: str) -> None:
+    page.goto(f"{live_server}/signup")
+    page.get_by_label("Workspace name").fill("Ops Co")
+    page.get_by_label("Email").fill("owner@ops.example")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Create workspace").click()
+    page.get_by_role("link", name="Pages", exact=True).click()
+    page.get_by_role("button", name="WhatsApp Cloud API").click()
+    page.get_by_label("Name").fill("Ops WhatsApp")
+    page.get_by_label("Send through the built-in sandbox").check()
+    page.get_by_label("Phone number ID").fill("109876543210088")
+    page.get_by_label("Access token").fill("ops-token-0123456789")
+    page.get_by_label("App secret").fill("ops-app-secret")
+    page.get_by_label("Webhook verify token").fill("ops-verify")
+    page.get_by_label("Send rate (messages per second)").fill(str(RATE))
+    page.get_by_role("button", name="Connect page").click()
+    expect(page.get_by_text("Page Ops WhatsApp connected.")).to_be_visible()
+
+
+def _contacts_on_a_list(app) -> None:
+    with app.app_context(), all_tenants(db.session):
+        tenant_id = tenant_named("Ops Co").id
+    with app.app_context(), tenant(db.session, tenant_id):
+        audience = ContactList(name="Everyone")
+        db.session.add(audience)
+        db.session.flush()
+        db.session.execute(
+            insert(Contact),
+            [{"tenant_id": tenant_id, "phone": f"+5511963{n:04d}1", "first_name": f"P{n}"} for n in range(RECIPIENTS)],
+        )
+        ids = db.session.scalars(select(Contact.id)).all()
+        db.session.execute(
+            insert(ContactListMember),
+            [{"tenant_id": tenant_id, "list_id": audience.id, "contact_id": i} for i in ids],
+        )
+        db.session.commit()
+
+
+def _campaign_state(app) -> CampaignState:
+    with app.app_context(), all_tenants(db.session):
+        state = db.session.scalar(select(Campaign.state).where(Campaign.name == "Big send"))
+        db.session.rollback()
+        return state
+
+
+def test_the_operator_raises_a_quota_live_suspends_a_sending_tenant_and_the_audit_log_says_so(
+    app, live_server, worker_process, sandbox, browser
+):
+    with app.app_context(), all_tenants(db.session):
+        make_platform_admin(ADMIN_EMAIL, ADMIN_PASSWORD)
+    owner = browser.new_context().new_page()
+    owner.set_default_timeout(15_000)
+    operator = browser.new_context().new_page()
+    operator.set_default_timeout(15_000)
+    try:
+        _sign_up_with_a_sandbox_page(owner, live_server)
+        _contacts_on_a_list(app)
+        owner.get_by_role("link", name="Dashboard").click()
+        expect(owner.locator("#live-status")).to_have_attribute("data-state", "live")
+        expect(owner.get_by_test_id("quota-limit")).to_have_text("10,000")
+        owner.evaluate("window.stillTheSamePage = true")
+
+        # the operator finds the tenant and raises its daily quota
+        operator.goto(f"{live_server}/login")
+        operator.get_by_label("Email").fill(ADMIN_EMAIL)
+        operator.get_by_label("Password").fill(ADMIN_PASSWORD)
+        operator.get_by_role("button", name="Sign in").click()
+        operator.goto(f"{live_server}/admin")
+        operator.get_by_role("link", name="Ops Co").click()
+        operator.get_by_label("Daily message quota").fill("25000")
+        operator.get_by_role("button", name="Save limits").click()
+        expect(operator.get_by_test_id("tenant-quota")).to_contain_text("25,000")
+
+        # the tenant's dashboard, open all along, shows the new limit without a reload
+        expect(owner.get_by_test_id("quota-limit")).to_have_text("25,000", timeout=5_000)
+        assert owner.evaluate("window.stillTheSamePage") is True
+        owner.screenshot(path=str(ARTIFACTS / "admin-quota-live.png"), full_page=True)
+
+        # the tenant starts a campaign that would take half a minute
+        owner.get_by_role("link", name="Campaigns").click()
+        owner.get_by_role("button", name="New campaign").click()
+        owner.get_by_label("Name").fill("Big send")
+        owner.get_by_label("Send through").select_option(label="Ops WhatsApp (WhatsApp Cloud API)")
+        owner.get_by_label("Message", exact=True).fill("Hello {{first_name}}")
+        owner.get_by_label("Lists").select_option(label="Everyone")
+        owner.get_by_role("button", name="Save campaign").click()
+        owner.get_by_role("button", name="Start now").click()
+        deadline = time.monotonic() + 20
+        while _accepted(sandbox) < 3 * RATE and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _accepted(sandbox) >= 3 * RATE, "the campaign never got going"
+
+        # the operator suspends the workspace: sending stops within seconds
+        operator.get_by_label("Reason").fill("Unpaid invoice #1042")
+        suspended_at = time.monotonic()
+        operator.get_by_role("button", name="Suspend workspace").click()
+        expect(operator.get_by_test_id("tenant-status")).to_contain_text("suspended")
+        while _campaign_state(app) is not CampaignState.PAUSED and time.monotonic() - suspended_at < 5:
+            time.sleep(0.1)
+        assert _campaign_state(app) is CampaignState.PAUSED
+        time.sleep(1.0)  # sends already under way when it paused finish
+        stopped_at = _accepted(sandbox)
+        assert time.monotonic() - suspended_at < 5 + 1.5
+        time.sleep(3.0)
+        assert _accepted(sandbox) == stopped_at < RECIPIENTS, "the sink saw sends after the suspension"
+
+        # the tenant's members see why
+        owner.goto(f"{live_server}/dashboard")
+        expect(owner.get_by_test_id("suspension-reason")).to_have_text("Unpaid invoice #1042")
+
+        # the audit log lists both, with who did them
+        operator.goto(f"{live_server}/admin/audit")
+        entries = operator.get_by_test_id("audit-entry")
+        expect(entries.filter(has_text="suspended the workspace")).to_contain_text("Unpaid invoice #1042")
+        expect(entries.filter(has_text="changed limits")).to_contain_text("25,000")
+        expect(entries.first).to_contain_text(ADMIN_EMAIL)
+        operator.screenshot(path=str(ARTIFACTS / "admin-audit.png"), full_page=True)
+    finally:
+        owner.context.close()
+        operator.context.close()
