@@ -54,7 +54,10 @@ def _contacts_on_a_list(app) -> None:
         db.session.flush()
         db.session.execute(
             insert(Contact),
-            [{"tenant_id": tenant_id, "phone": f"+5511963{n:04d}1", "first_name": f"P{n}"} for n in range(RECIPIENTS)],
+            [
+                {"tenant_id": tenant_id, "phone": f"+5511963{n:04d}1", "first_name": f"P{n}"}
+                for n in range(RECIPIENTS)
+            ],
         )
         ids = db.session.scalars(select(Contact.id)).all()
         db.session.execute(
