@@ -66,7 +66,7 @@ from tenants.models import Tenant
 from tenants.pages import DeliveryPolicy, Page, PageState, ProviderKind
 from tenants.scoping import tenant
 from tenants.templating import CompiledTemplate, compile_template, contact_variables
-from tenants.usage import TENANT_SCOPE, DailyUsage, count_activity, page_scope
+from tenants.usage import TENANT_SCOPE, DailyUsage, count_activity, left_today, page_scope
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -1456,6 +1456,23 @@ def _rate_and_eta(campaign_id: int, data: dict[str, Any]) -> None:
     data["rate"] = round(max(rate, 0.0), 1)
     remaining = data["pending"] + data["in_flight"]
     data["eta_seconds"] = round(remaining / rate) if rate > 0 and data["state"] == "running" else None
+    data["held_back"] = (
+        _held_back_by_daily_limit(campaign_id, data["pending"]) if data["state"] == "running" else 0
+    )
+    if data["held_back"]:
+        data["eta_seconds"] = None  # the rest waits for the quota day to roll over, not for the rate
+
+
+def _held_back_by_daily_limit(campaign_id: int, pending: int) -> int:
+    """Of the campaign's pending messages, how many today's quota or the page's cap leave for later days."""
+    campaign = db.session.get(Campaign, campaign_id)
+    if campaign is None or not pending:
+        return 0
+    tenant_row = db.session.get(Tenant, campaign.tenant_id)
+    page = db.session.get(Page, campaign.page_id) if campaign.page_id else None
+    held = max(0, pending - left_today(tenant_row, page))
+    db.session.commit()
+    return held
 
 
 def emit_progress(campaign_id: int, tenant_id: int, force: bool = False) -> None:

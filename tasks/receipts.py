@@ -18,13 +18,13 @@ from flask import current_app
 from sqlalchemy import func, select, update
 
 from tasks.broker import actor
-from tasks.providers.classification import retryable_code
 from tenants.campaigns import Campaign, Delivery, DeliveryState, quota_day
 from tenants.contacts import Contact, ContactChannelId
 from tenants.db import db, insert_ignoring_conflicts, utcnow
 from tenants.events import InboundMessage, Receipt, ReceiptStatus, WebhookEvent
 from tenants.models import Tenant
 from tenants.pages import Page, ProviderKind
+from tenants.provider_codes import retryable_code
 from tenants.scoping import TenantNotSet, all_tenants, current_tenant_id, tenant
 from tenants.usage import count_activity
 
@@ -404,10 +404,7 @@ def receipt_failure_is_retryable(receipt: Receipt) -> bool:
     """A failure the provider reported later is worth resending when its code says "try again"
     (WhatsApp 131000, say), by the same tables that classify the answers to sends."""
     page = db.session.get(Page, receipt.page_id)
-    code = (receipt.error_code or "").split("/")[0]
-    if page is None or not code.isdigit():
-        return False
-    return retryable_code(page.kind, int(code))
+    return page is not None and retryable_code(page.kind, receipt.error_code)
 
 
 def _apply_read_watermark(receipt: Receipt, tally: ActivityTally) -> None:

@@ -894,6 +894,23 @@ def resendable(table=None) -> Any:
     )
 
 
+def resend_outcome(campaign_id: int) -> Resent:
+    """What a resend would do now: unknown and retryable failures go again, permanent ones stay."""
+    c = Delivery.__table__.c
+    counts = {"unknown": 0, "failed": 0, "permanent": 0}
+    for state, retryable, count in db.session.execute(
+        select(c.state, c.retryable, func.count())
+        .where(
+            c.campaign_id == campaign_id,
+            c.state.in_([DeliveryState.FAILED.value, DeliveryState.UNKNOWN.value]),
+        )
+        .group_by(c.state, c.retryable)
+    ):
+        kind = "unknown" if state == DeliveryState.UNKNOWN.value else "failed" if retryable else "permanent"
+        counts[kind] += count
+    return Resent(counts["unknown"], counts["failed"], counts["permanent"])
+
+
 def resend(campaign: Campaign, now: datetime | None = None) -> Resent:
     """Unknown deliveries and failures worth another try back to pending, the campaign running again.
 
@@ -903,18 +920,7 @@ def resend(campaign: Campaign, now: datetime | None = None) -> Resent:
     now = now or utcnow()
     table = Delivery.__table__
     c = table.c
-    counts = {"unknown": 0, "failed": 0, "permanent": 0}
-    for state, retryable, count in db.session.execute(
-        select(c.state, c.retryable, func.count())
-        .where(
-            c.campaign_id == campaign.id,
-            c.state.in_([DeliveryState.FAILED.value, DeliveryState.UNKNOWN.value]),
-        )
-        .group_by(c.state, c.retryable)
-    ):
-        kind = "unknown" if state == DeliveryState.UNKNOWN.value else "failed" if retryable else "permanent"
-        counts[kind] += count
-    outcome = Resent(counts["unknown"], counts["failed"], counts["permanent"])
+    outcome = resend_outcome(campaign.id)
     if outcome.total == 0:
         raise CampaignError(
             "Nothing to send again: no message has an unknown outcome, and every failure is permanent "

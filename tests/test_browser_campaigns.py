@@ -119,7 +119,7 @@ def test_start_a_campaign_watch_it_complete_live_then_pause_and_resume_a_copy(
     page.wait_for_function(f"() => ({SENT_COUNT})() >= 30", timeout=30_000)
     page.get_by_role("button", name="Pause").click()
     expect(page.get_by_test_id("campaign-state")).to_have_text("paused")
-    expect(page.get_by_test_id("pause-reason")).to_contain_text("Paused: paused by a user.")
+    expect(page.get_by_test_id("pause-reason")).to_contain_text("Paused by launch@acme.example on ")
     expect(page.get_by_role("button", name="Resume")).to_be_visible()
     expect(page.get_by_role("button", name="Pause")).to_have_count(0)
     page.screenshot(path=str(ARTIFACTS / "campaign-paused.png"), full_page=True)

@@ -6,21 +6,25 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from html import unescape
 
 import httpx
 import psycopg
 import pytest
 import socketio as socketio_client
 from flask_socketio import SocketIO
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 
 from tasks.progress import campaign_room, socketio_channel
-from tenants.campaigns import Campaign, CampaignState, Delivery, PauseReason
+from tenants.campaigns import Campaign, CampaignState, Delivery, PauseReason, quota_day
 from tenants.contacts import Contact, ContactList, ContactListMember
 from tenants.db import db
+from tenants.events import InboundMessage
+from tenants.models import Tenant, User
 from tenants.pages import Page, PageState, ProviderKind, apply_form
 from tenants.scoping import all_tenants, tenant
+from tenants.usage import TENANT_SCOPE, DailyUsage, page_scope
 from tests.conftest import PASSWORD, REDIS_URL, Auth, csrf_token
 from tests.factories import tenant_named
 from tests.isolation import object_rules, objects_of
@@ -110,6 +114,41 @@ def _create(auth: Auth, seeded: Seeded, **changes) -> int:
 
 def _text(response) -> str:
     return response.get_data(as_text=True)
+
+
+def _testid(html: str, testid: str) -> str | None:
+    """The text of the element with this data-testid (tags stripped, spaces collapsed)."""
+    found = re.search(rf'<(\w+)[^>]*data-testid="{testid}"[^>]*>(.*?)</\1>', html, re.S)
+    return unescape(" ".join(re.sub(r"<[^>]+>", "", found.group(2)).split())) if found else None
+
+
+def _pause_banner(html: str) -> str | None:
+    return _testid(html, "pause-reason")
+
+
+def _metric(html: str, name: str) -> str:
+    return re.search(rf'data-metric="{name}"[^>]*>([^<]*)<', html).group(1)
+
+
+def _set_campaign(app, seeded: Seeded, campaign_id: int, **values) -> None:
+    with app.app_context(), tenant(db.session, seeded.tenant_id):
+        db.session.execute(update(Campaign).where(Campaign.id == campaign_id).values(**values))
+        db.session.commit()
+
+
+def _set_deliveries(app, seeded: Seeded, campaign_id: int, **values) -> None:
+    with app.app_context(), tenant(db.session, seeded.tenant_id):
+        table = Delivery.__table__
+        db.session.execute(update(table).where(table.c.campaign_id == campaign_id).values(**values))
+        db.session.commit()
+
+
+def _use_quota(app, seeded: Seeded, used: int, scope: str = TENANT_SCOPE) -> None:
+    """Count ``used`` messages against today's quota (or a page's cap) as dispatch would have."""
+    with app.app_context(), all_tenants(db.session):
+        tenant_row = db.session.get(Tenant, seeded.tenant_id)
+        db.session.add(DailyUsage(tenant_id=tenant_row.id, scope=scope, day=quota_day(tenant_row), used=used))
+        db.session.commit()
 
 
 # --------------------------------------------------------------------------- writing
@@ -280,10 +319,10 @@ def test_start_on_a_disabled_page_is_refused_with_the_reason(app, auth):
 
 
 def test_unreachable_workers_are_reported_and_the_campaign_still_starts(app, auth, client, monkeypatch):
-    import webapp.campaigns
+    import tasks.lifecycle
 
     monkeypatch.setattr(
-        webapp.campaigns, "launch_quietly", lambda campaign: "background workers unreachable: no broker"
+        tasks.lifecycle, "launch_quietly", lambda campaign: "background workers unreachable: no broker"
     )
     auth.signup()
     seeded = _seed(app)
@@ -338,7 +377,7 @@ def test_buttons_and_actions_follow_the_state(app, auth, client):
     assert _campaign(app, seeded, campaign_id).name == "Spring sale"
 
     paused = _text(auth.post(f"{url}/pause", headers=HTMX))
-    assert 'data-testid="campaign-state">paused<' in paused and "Paused: paused by a user." in paused
+    assert 'data-testid="campaign-state">paused<' in paused and "Paused by owner@acme.example on " in paused
     assert _buttons(paused) == {"Resume", "Cancel campaign", "Duplicate"}
 
     resumed = _text(auth.post(f"{url}/resume", headers=HTMX))
@@ -378,19 +417,23 @@ def test_a_quota_pause_says_when_it_resumes_on_the_page_and_in_the_list(app, aut
         )
         db.session.commit()
     shown = _text(client.get(f"/campaigns/{campaign_id}"))
-    assert "Paused: the daily quota is used up." in shown
-    assert "It resumes by itself at 2030-01-02 00:00 (America/Sao_Paulo)." in shown
+    assert _pause_banner(shown) == (
+        "Paused: the workspace's daily quota of 10,000 messages is used up. "
+        "It resumes by itself at midnight (America/Sao_Paulo)."
+    )
     assert _buttons(shown) == {"Resume", "Cancel campaign", "Duplicate"}
     row = re.search(r'<tr data-campaign-row="\d+">.*?</tr>', _text(client.get("/campaigns")), re.S).group(0)
-    assert "paused" in row and "the daily quota is used up" in row and "33.3%" in row
+    assert "paused" in row and "the workspace&#39;s daily quota is used up" in row and "33.3%" in row
 
 
-def test_failures_are_listed_and_can_be_sent_again(app, auth, client):
+def test_problems_are_listed_and_only_what_can_succeed_is_sent_again(app, auth, client):
     auth.signup()
     seeded = _seed(app)
     campaign_id = _create(auth, seeded, schedule="now")
     with app.app_context(), tenant(db.session, seeded.tenant_id):
-        ids = db.session.scalars(select(Delivery.id).where(Delivery.campaign_id == campaign_id)).all()
+        ids = db.session.scalars(
+            select(Delivery.id).where(Delivery.campaign_id == campaign_id).order_by(Delivery.id)
+        ).all()
         table = Delivery.__table__
         db.session.execute(
             update(table)
@@ -400,21 +443,47 @@ def test_failures_are_listed_and_can_be_sent_again(app, auth, client):
         db.session.execute(
             update(table).where(table.c.id == ids[2]).values(state="unknown", error_code="lease_expired")
         )
-        db.session.execute(update(table).where(table.c.id.in_(ids[3:])).values(state="sent"))
+        db.session.execute(
+            update(table)
+            .where(table.c.id == ids[3])
+            .values(
+                state="failed", error_code="131000", error_text="gave up after 3 attempts", retryable=True
+            )
+        )
+        db.session.execute(update(table).where(table.c.id.in_(ids[4:])).values(state="sent"))
         db.session.execute(
             update(Campaign).where(Campaign.id == campaign_id).values(state=CampaignState.COMPLETED)
         )
         db.session.commit()
     html = _text(client.get(f"/campaigns/{campaign_id}"))
-    assert html.count("131026") == 2 and "lease_expired" in html
-    assert "&lt;b&gt;undeliverable&lt;/b&gt;" in html and "<b>undeliverable" not in html
-    assert "Resend failed and unknown (3)" in html
-    assert "33.3%" in html  # failure rate: 2 of 6
+    problems = html.split('data-testid="latest-problems"')[1].split("</section>")[0]
+    assert problems.count("131026") == 2 and "lease_expired" in problems
+    assert "Message undeliverable to this recipient — &lt;b&gt;undeliverable&lt;/b&gt;" in problems
+    assert "<b>undeliverable" not in html
+    assert f'href="/campaigns/{campaign_id}/report?state=failed"' in problems
+    assert "Resend 2 (1 unknown, 1 failed after retries)" in html
+    assert "2 failed for good (such as invalid numbers) and will not be resent." in html
+    assert _metric(html, "failure_rate") == "50.0%"  # 3 failed of the 6 done
 
     resent = _text(auth.post(f"/campaigns/{campaign_id}/resend", headers=HTMX))
-    assert "Sending 3 failed and unknown messages again." in resent
-    assert _deliveries(app, seeded, campaign_id) == {"pending": 3, "sent": 3}
+    assert (
+        "Sending 2 messages again: 1 that failed after their retries and 1 whose outcome was unknown. "
+        "2 failed for good (such as invalid numbers) and are not resent."
+    ) in resent
+    assert _deliveries(app, seeded, campaign_id) == {"pending": 2, "sent": 2, "failed": 2}
     assert _campaign(app, seeded, campaign_id).state is CampaignState.RUNNING
+
+
+def test_resend_is_hidden_when_every_failure_is_permanent(app, auth, client):
+    auth.signup()
+    seeded = _seed(app)
+    campaign_id = _create(auth, seeded, schedule="now")
+    _set_deliveries(app, seeded, campaign_id, state="failed", error_code="131026")
+    _set_campaign(app, seeded, campaign_id, state=CampaignState.COMPLETED)
+    html = _text(client.get(f"/campaigns/{campaign_id}"))
+    assert _buttons(html) == {"Duplicate", "Delete"}
+    refused = auth.post(f"/campaigns/{campaign_id}/resend", headers=HTMX)
+    assert refused.status_code == 409 and "every failure is permanent" in _text(refused)
 
 
 def test_duplicate_makes_a_draft_copy(app, auth, client):
@@ -433,6 +502,247 @@ def test_duplicate_makes_a_draft_copy(app, auth, client):
     )
     editor = _text(client.get(response.headers["Location"]))
     assert "Campaign copied as Spring sale (copy), a draft." in editor
+
+
+# --------------------------------------------------------------------------- honest numbers and words
+
+
+PAUSED_AT = datetime(2030, 1, 2, 3, 0, tzinfo=UTC)  # 00:00 in São Paulo
+
+
+def _paused(app, auth, reason: PauseReason, **values) -> tuple[Seeded, int]:
+    """A campaign of 6 recipients, 2 sent, paused for ``reason`` (in a São Paulo workspace)."""
+    auth.signup(timezone="America/Sao_Paulo")
+    seeded = _seed(app)
+    campaign_id = _create(auth, seeded, schedule="now")
+    with app.app_context(), tenant(db.session, seeded.tenant_id):
+        table = Delivery.__table__
+        first_two = select(table.c.id).where(table.c.campaign_id == campaign_id).limit(2).scalar_subquery()
+        db.session.execute(update(table).where(table.c.id.in_(first_two)).values(state="sent"))
+        db.session.commit()
+    _set_campaign(
+        app,
+        seeded,
+        campaign_id,
+        state=CampaignState.PAUSED,
+        paused_reason=reason,
+        paused_at=PAUSED_AT,
+        **values,
+    )
+    return seeded, campaign_id
+
+
+def test_the_pause_banner_names_who_paused_and_when(app, auth, client):
+    seeded, campaign_id = _paused(app, auth, PauseReason.USER)
+    with app.app_context(), all_tenants(db.session):
+        owner_id = db.session.scalar(select(User.id).where(User.email == "owner@acme.example"))
+    _set_campaign(app, seeded, campaign_id, paused_by_id=owner_id)
+    banner = _pause_banner(_text(client.get(f"/campaigns/{campaign_id}")))
+    assert banner == "Paused by owner@acme.example on 2030-01-02 00:00 (America/Sao_Paulo)."
+
+    _set_campaign(app, seeded, campaign_id, paused_by_id=owner_id + 1000)  # a user deleted since
+    banner = _pause_banner(_text(client.get(f"/campaigns/{campaign_id}")))
+    assert banner == "Paused by a former member on 2030-01-02 00:00 (America/Sao_Paulo)."
+
+
+@pytest.mark.parametrize(
+    ("reason", "values", "words"),
+    [
+        (
+            PauseReason.PAGE_CAP,
+            {},
+            "Paused: the page Support line reached its daily cap of 500 messages. "
+            "It resumes by itself at midnight (America/Sao_Paulo).",
+        ),
+        (
+            PauseReason.SUSPENDED,
+            {"state_detail": "suspended: unpaid invoice"},
+            "Paused: the workspace was suspended (unpaid invoice). "
+            "It resumes when the workspace is reactivated.",
+        ),
+        (
+            PauseReason.ERROR_THRESHOLD,
+            {"state_detail": "60% of the last 50 sends failed"},
+            "Paused: too many recent sends failed (60% of the last 50 sends failed). "
+            "Check the failures in the recipients report, then resume.",
+        ),
+        (
+            PauseReason.PAGE_THROTTLED,
+            {"state_detail": "130429 rate limit hit", "resume_at": PAUSED_AT},
+            "Paused: the provider is throttling the page Support line (130429 rate limit hit). "
+            "It resumes by itself at 2030-01-02 00:00 (America/Sao_Paulo).",
+        ),
+    ],
+)
+def test_the_pause_banner_names_the_cause(app, auth, client, reason, values, words):
+    seeded, campaign_id = _paused(app, auth, reason, **values)
+    with app.app_context(), tenant(db.session, seeded.tenant_id):
+        db.session.get(Page, seeded.page_id).daily_cap = 500
+        db.session.commit()
+    assert _pause_banner(_text(client.get(f"/campaigns/{campaign_id}"))) == words
+
+
+def test_resume_while_the_quota_is_used_up_says_why_and_is_refused(app, auth, client):
+    seeded, campaign_id = _paused(app, auth, PauseReason.QUOTA)
+    _use_quota(app, seeded, 10_000)
+    reason = (
+        "It cannot send now: the workspace's daily quota is used up (10,000 of 10,000 today). "
+        "The quota resets at midnight (America/Sao_Paulo), and the campaign resumes by itself then."
+    )
+    html = _text(client.get(f"/campaigns/{campaign_id}"))
+    assert _testid(html, "resume-blocked") == reason
+    assert (
+        _testid(html, "quota-forecast")
+        == "Only 0 can go today (today's remaining quota); about 4 will go tomorrow."
+    )
+    assert (
+        _testid(html, "eta")
+        == "tomorrow: after midnight (America/Sao_Paulo) for the 4 the daily limit holds back"
+    )
+    refused = auth.post(f"/campaigns/{campaign_id}/resume", headers=HTMX)
+    assert refused.status_code == 409 and _testid(_text(refused), "action-error") == reason
+    assert _campaign(app, seeded, campaign_id).state is CampaignState.PAUSED
+
+
+def test_resume_while_the_page_cap_is_reached_says_why(app, auth, client):
+    seeded, campaign_id = _paused(app, auth, PauseReason.PAGE_CAP)
+    with app.app_context(), tenant(db.session, seeded.tenant_id):
+        db.session.get(Page, seeded.page_id).daily_cap = 500
+        db.session.commit()
+    _use_quota(app, seeded, 500, page_scope(seeded.page_id))
+    html = _text(client.get(f"/campaigns/{campaign_id}"))
+    assert _testid(html, "resume-blocked").startswith(
+        "It cannot send now: the page Support line has reached its daily cap of 500."
+    )
+    assert auth.post(f"/campaigns/{campaign_id}/resume", headers=HTMX).status_code == 409
+    _set_campaign(app, seeded, campaign_id, paused_reason=PauseReason.USER)
+    with app.app_context(), tenant(db.session, seeded.tenant_id):
+        db.session.get(Page, seeded.page_id).daily_cap = 1000
+        db.session.commit()
+    assert _testid(_text(client.get(f"/campaigns/{campaign_id}")), "resume-blocked") is None
+
+
+def _big_list(app, seeded: Seeded, size: int) -> int:
+    """A list of ``size`` contacts who can all receive MESSAGE."""
+    with app.app_context(), tenant(db.session, seeded.tenant_id):
+        big = ContactList(name="Everyone")
+        db.session.add(big)
+        db.session.flush()
+        db.session.execute(
+            insert(Contact),
+            [
+                {
+                    "tenant_id": seeded.tenant_id,
+                    "phone": f"+4917{n:08d}",
+                    "first_name": "P",
+                    "company": "Acme",
+                }
+                for n in range(size)
+            ],
+        )
+        ids = db.session.scalars(select(Contact.id).where(Contact.phone.like("+4917%"))).all()
+        db.session.execute(
+            insert(ContactListMember),
+            [{"tenant_id": seeded.tenant_id, "list_id": big.id, "contact_id": i} for i in ids],
+        )
+        db.session.commit()
+        return big.id
+
+
+def test_the_editor_and_the_campaign_page_forecast_what_waits_for_tomorrow(app, auth, client):
+    auth.signup()
+    seeded = _seed(app)
+    big = _big_list(app, seeded, 10_000)
+    _use_quota(app, seeded, 2_161)  # 7,839 of the 10,000 left today
+    warning = "Only 7,839 can go today (today's remaining quota); about 2,161 will go tomorrow."
+    counted = _text(auth.post("/campaigns/audience", _form(seeded, list_ids=str(big)), headers=HTMX))
+    assert "<strong>10,000</strong> will receive it" in counted
+    assert _testid(counted, "quota-forecast") == warning
+    small = _text(auth.post("/campaigns/audience", _form(seeded), headers=HTMX))
+    assert _testid(small, "quota-forecast") is None  # 6 recipients: all go today
+
+    campaign_id = _create(auth, seeded, list_ids=str(big))
+    assert _testid(_text(client.get(f"/campaigns/{campaign_id}")), "quota-forecast") == warning
+
+    started = _text(auth.post(f"/campaigns/{campaign_id}/start", headers=HTMX))
+    assert _testid(started, "quota-forecast") == warning  # for the 10,000 pending
+    assert (
+        _testid(started, "eta") == "tomorrow: after midnight (UTC) for the 2,161 the daily limit holds back"
+    )
+    assert 'data-live="eta"' not in started
+
+
+def test_an_email_campaign_shows_no_delivery_or_read_rate(app, auth, client):
+    auth.signup()
+    seeded = _seed(app)
+    campaign_id = _create(auth, seeded, schedule="now")
+    _set_deliveries(app, seeded, campaign_id, state="sent")
+    _set_campaign(
+        app,
+        seeded,
+        campaign_id,
+        state=CampaignState.COMPLETED,
+        message={"channel": "smtp", "subject": "News", "body": MESSAGE},
+    )
+    html = _text(client.get(f"/campaigns/{campaign_id}"))
+    assert _testid(html, "delivery-rate-na") == "n/a this channel never reports deliveries"
+    assert _testid(html, "read-rate-na") == "n/a this channel never reports reads"
+    assert 'data-metric="delivery_rate"' not in html  # live updates cannot turn it into a dash
+    assert _metric(html, "failure_rate") == "0.0%"
+
+
+def test_replies_to_the_campaign_are_listed_on_its_page(app, auth, client):
+    auth.signup()
+    seeded = _seed(app)
+    campaign_id = _create(auth, seeded, schedule="now")
+    other_id = _create(auth, seeded, name="Other", schedule="now")
+    long_text = "<script>x</script> yes please, " + "tell me more " * 20
+    with app.app_context(), tenant(db.session, seeded.tenant_id):
+        ana_id = db.session.scalar(select(Contact.id).where(Contact.first_name == "P0"))
+        replies = [
+            InboundMessage(
+                page_id=seeded.page_id,
+                sender=f"4915112{n:04d}5",
+                text=f"reply {n}",
+                received_at=PAUSED_AT + timedelta(minutes=n),
+                campaign_id=campaign_id,
+            )
+            for n in range(24)
+        ]
+        replies.append(
+            InboundMessage(
+                page_id=seeded.page_id,
+                sender="491511200005",
+                sender_name="Ana",
+                contact_id=ana_id,
+                text=long_text,
+                received_at=PAUSED_AT + timedelta(hours=1),
+                campaign_id=campaign_id,
+            )
+        )
+        replies.append(
+            InboundMessage(
+                page_id=seeded.page_id,
+                sender="491511999995",
+                text="to the other campaign",
+                received_at=PAUSED_AT + timedelta(hours=2),
+                campaign_id=other_id,
+            )
+        )
+        db.session.add_all(replies)
+        db.session.commit()
+    html = _text(client.get(f"/campaigns/{campaign_id}"))
+    shown = html.split('data-testid="replies"')[1].split("</section>")[0]
+    assert _testid(html, "reply-count") == "25"
+    rows = re.findall(r"<tr>.*?</tr>", shown, re.S)[1:]
+    assert len(rows) == 20 and "reply 23" in shown and "reply 3" not in shown
+    assert "to the other campaign" not in shown
+    newest = rows[0]
+    assert f'<a href="/contacts/{ana_id}">Ana</a>' in newest
+    assert "&lt;script&gt;x&lt;/script&gt; yes please" in newest and "<script>x" not in html
+    assert f'title="{long_text.replace("<", "&lt;").replace(">", "&gt;")}"' in newest  # the whole text
+    cell = re.search(r'<td class="truncate" title="&lt;script[^>]*>(.*?)</td>', newest, re.S).group(1)
+    assert len(unescape(cell)) <= 140 and cell.endswith("...")  # cut short in the cell
 
 
 # --------------------------------------------------------------------------- who may do what

@@ -389,3 +389,39 @@ def test_outcome_writes_find_their_deliveries_by_primary_key_whatever_plan_postg
 
     for plan in plans:
         assert "pk_deliveries" in plan and "ix_deliveries_in_flight" not in plan, plan
+
+
+def test_progress_says_how_many_the_daily_limit_holds_back_instead_of_a_rate_eta(app):
+    """The live ETA must not promise the rest within minutes when the quota runs out first."""
+    from sqlalchemy import insert
+
+    from tasks.dispatch import _rate_and_eta
+    from tenants.campaigns import Campaign, CampaignState, Delivery, quota_day
+    from tenants.db import db
+    from tenants.models import Tenant
+    from tenants.scoping import all_tenants, tenant
+    from tenants.usage import TENANT_SCOPE, DailyUsage
+    from tests.factories import make_page
+
+    with app.app_context(), all_tenants(db.session):
+        acme = Tenant(name="Acme", slug="acme", daily_message_quota=10)
+        db.session.add(acme)
+        db.session.flush()
+        with tenant(db.session, acme.id):
+            page = make_page(acme, {})
+            db.session.flush()
+            spring = Campaign(name="Spring", page_id=page.id, state=CampaignState.RUNNING, total=20)
+            db.session.add(spring)
+            db.session.flush()
+            db.session.execute(
+                insert(Delivery),
+                [
+                    {"tenant_id": acme.id, "campaign_id": spring.id, "address": f"+1555000{n:02d}"}
+                    for n in range(20)
+                ],
+            )
+            db.session.add(DailyUsage(tenant_id=acme.id, scope=TENANT_SCOPE, day=quota_day(acme), used=4))
+            db.session.commit()
+            data = {"state": "running", "processed": 0, "pending": 20, "in_flight": 0}
+            _rate_and_eta(spring.id, data)
+    assert (data["held_back"], data["eta_seconds"]) == (14, None)  # 6 may still go today

@@ -192,25 +192,36 @@ def test_the_sweeper_starts_a_scheduled_campaign_when_its_time_comes(swept):
 def test_the_sweeper_resumes_a_quota_pause_once_the_day_rolls_over(swept):
     from datetime import timedelta
 
+    from sqlalchemy import update
+
     from tasks.dispatch import pause_campaigns
     from tasks.sweeper import sweep
-    from tenants.campaigns import PauseReason
+    from tenants.campaigns import PauseReason, quota_day
     from tenants.db import db, utcnow
+    from tenants.models import Tenant
     from tenants.scoping import tenant
+    from tenants.usage import TENANT_SCOPE, DailyUsage
 
     tenant_id, page_id, list_id = swept.setup(contacts=5)
     campaign_id = swept.campaign(tenant_id, page_id, list_id)
     swept.start(tenant_id, campaign_id)
     with tenant(db.session, tenant_id):
+        workspace = db.session.get(Tenant, tenant_id)
+        today = quota_day(workspace)
+        db.session.add(  # today's quota is used up
+            DailyUsage(tenant_id=tenant_id, scope=TENANT_SCOPE, day=today, used=workspace.daily_message_quota)
+        )
+        db.session.commit()
         pause_campaigns([campaign_id], PauseReason.QUOTA, resume_at=utcnow() + timedelta(hours=3))
     generation = _campaign_row(tenant_id, campaign_id).dispatch_generation
 
     sweep()
     assert _campaign_row(tenant_id, campaign_id).state.value == "paused"
 
-    with tenant(db.session, tenant_id):
-        campaign = _campaign_row(tenant_id, campaign_id)
-        campaign.resume_at = utcnow() - timedelta(seconds=1)  # midnight has passed
+    with tenant(db.session, tenant_id):  # midnight has passed: that use was yesterday's
+        db.session.execute(
+            update(DailyUsage).where(DailyUsage.tenant_id == tenant_id).values(day=today - timedelta(days=1))
+        )
         db.session.commit()
     sweep()
 

@@ -19,14 +19,15 @@ from sqlalchemy import func, select
 
 from tasks import channel_checks, lifecycle
 from tenants.campaigns import (
+    DAILY_LIMIT_PAUSES,
     EXCLUSION_TEXT,
-    SELF_ENDING_PAUSES,
     Campaign,
     CampaignError,
     CampaignState,
     Delivery,
     DeliveryState,
     MessageSource,
+    PauseReason,
     Schedule,
     address_column,
     allowed_actions,
@@ -36,15 +37,19 @@ from tenants.campaigns import (
     delivery_counts,
     duplicate,
     message_of,
+    resend_outcome,
     summary,
     tenant_zone,
     usable_page,
 )
 from tenants.contacts import Contact, ContactList, Segment
 from tenants.db import db, utcnow
+from tenants.models import Membership, User
 from tenants.pages import Page
+from tenants.reports import campaign_replies, latest_problems
 from tenants.templates import Template
 from tenants.templating import compile_template, contact_variables
+from tenants.usage import Forecast, forecast
 from webapp.message_templates import SAMPLE_VARIABLES
 from webapp.pages import allowed_private_hosts
 from webapp.rendering import render_page
@@ -53,8 +58,9 @@ from webapp.tenancy import member_required
 bp = Blueprint("campaigns", __name__)
 
 CAMPAIGNS_PER_PAGE = 25
-FAILURES_PER_PAGE = 50
-PROBLEM_STATES = (DeliveryState.FAILED, DeliveryState.UNKNOWN)
+LATEST_PROBLEMS = 5
+LATEST_REPLIES = 20
+NOT_STARTED = (CampaignState.DRAFT, CampaignState.SCHEDULED)
 LOCAL_INPUT_FORMAT = "%Y-%m-%dT%H:%M"  # what <input type="datetime-local"> sends
 ID_TEXT = re.compile(r"[0-9]{1,12}")
 MAX_ID = 2**31 - 1  # ids are INTEGER columns
@@ -209,32 +215,100 @@ def _save(campaign: Campaign, creating: bool):
     return redirect(url_for("campaigns.show", campaign_id=campaign.id))
 
 
+def _who(user_id: int | None) -> str:
+    """The member who did something: their email, or "a former member" once they left or were deleted."""
+    if user_id is None:
+        return "a user"
+    email = db.session.scalar(
+        select(User.email).join(Membership, Membership.user_id == User.id).where(User.id == user_id)
+    )
+    return email or "a former member"
+
+
+def pause_explanation(campaign: Campaign, page: Page | None) -> str:
+    """The pause banner: the real cause, who or what paused it, and whether it ends by itself."""
+    tenant_row = g.workspace.tenant
+    midnight = f"midnight ({tenant_row.timezone})"
+    page_name = f"the page {page.name}" if page is not None else "the page"
+    detail = campaign.state_detail
+    match campaign.paused_reason:
+        case PauseReason.USER:
+            when = f" on {local_time(campaign.paused_at)}" if campaign.paused_at else ""
+            return f"Paused by {_who(campaign.paused_by_id)}{when}."
+        case PauseReason.QUOTA:
+            return (
+                f"Paused: the workspace's daily quota of {tenant_row.daily_message_quota:,} messages is used "
+                f"up. It resumes by itself at {midnight}."
+            )
+        case PauseReason.PAGE_CAP:
+            cap = f" of {page.daily_cap:,} messages" if page is not None and page.daily_cap else ""
+            return f"Paused: {page_name} reached its daily cap{cap}. It resumes by itself at {midnight}."
+        case PauseReason.PAGE_THROTTLED:
+            said = f"Paused: the provider is throttling {page_name}" + (f" ({detail})." if detail else ".")
+            if campaign.resume_at:
+                said += f" It resumes by itself at {local_time(campaign.resume_at)}."
+            return said
+        case PauseReason.PAGE_FAILING:
+            return (
+                f"Paused: {page_name} is failing" + (f": {detail}" if detail else "") + ". "
+                "Fix the page's settings, then resume."
+            )
+        case PauseReason.ERROR_THRESHOLD:
+            return (
+                "Paused: too many recent sends failed" + (f" ({detail})" if detail else "") + ". "
+                "Check the failures in the recipients report, then resume."
+            )
+        case PauseReason.SUSPENDED:
+            why = (detail or "").removeprefix("suspended: ") or tenant_row.suspended_reason
+            return (
+                "Paused: the workspace was suspended" + (f" ({why})" if why else "") + ". "
+                "It resumes when the workspace is reactivated."
+            )
+    return "Paused."
+
+
+def _later_words(ahead: Forecast) -> str:
+    """When the messages held back by a daily limit go, for the place of the ETA."""
+    zone = g.workspace.tenant.timezone
+    if ahead.days == 1:
+        return f"tomorrow: after midnight ({zone}) for the {ahead.later:,} the daily limit holds back"
+    return f"in about {ahead.days} days: the daily limit holds back {ahead.later:,}"
+
+
 def _show_context(campaign: Campaign, **extra: Any) -> dict[str, Any]:
     """Everything the campaign page shows, read fresh."""
     facts = summary(campaign, delivery_counts(campaign.id))
-    failures_page = max(1, request.args.get("failures", 1, type=int))
-    failures = db.session.scalars(
-        select(Delivery)
-        .where(Delivery.campaign_id == campaign.id, Delivery.state.in_(PROBLEM_STATES))
-        .order_by(Delivery.id.desc())
-        .limit(FAILURES_PER_PAGE + 1)
-        .offset((failures_page - 1) * FAILURES_PER_PAGE)
-    ).all()
-    editable = campaign.state in (CampaignState.DRAFT, CampaignState.SCHEDULED)
+    editable = campaign.state in NOT_STARTED
+    started = not editable
     page = db.session.get(Page, campaign.page_id) if campaign.page_id else None
+    actions = set(allowed_actions(campaign)) if g.workspace.role.manages_members else set()
+    audience = count_audience(campaign) if editable and page is not None else None
+    ahead = None
+    if audience is not None and audience.recipients:
+        ahead = forecast(g.workspace.tenant, page, audience.recipients)
+    elif campaign.state in (CampaignState.RUNNING, CampaignState.PAUSED) and facts["pending"]:
+        ahead = forecast(g.workspace.tenant, page, facts["pending"])
+    paused = campaign.state is CampaignState.PAUSED
+    sending = campaign.state is CampaignState.RUNNING or campaign.paused_reason in DAILY_LIMIT_PAUSES
+    replies, reply_count = campaign_replies(campaign.id, LATEST_REPLIES) if started else ([], 0)
     return {
         "campaign": campaign,
         "facts": facts,
         "page": page,
         "template": db.session.get(Template, campaign.template_id) if campaign.template_id else None,
-        "actions": set(allowed_actions(campaign)) if g.workspace.role.manages_members else set(),
-        "audience": count_audience(campaign) if editable and page is not None else None,
+        "actions": actions,
+        "started": started,
+        "audience": audience,
+        "forecast_warning": ahead.warning() if ahead is not None else None,
+        "later_words": _later_words(ahead) if ahead is not None and ahead.later and sending else None,
         "exclusion_text": EXCLUSION_TEXT,
-        "self_ending_pause": campaign.paused_reason in SELF_ENDING_PAUSES and campaign.resume_at,
+        "pause_words": pause_explanation(campaign, page) if paused else None,
+        "resume_blocked": lifecycle.why_it_cannot_send_today(campaign) if "resume" in actions else None,
+        "resendable": resend_outcome(campaign.id) if "resend" in actions else None,
         "local_time": local_time,
-        "failures": failures[:FAILURES_PER_PAGE],
-        "failures_page": failures_page,
-        "more_failures": len(failures) > FAILURES_PER_PAGE,
+        "problems": latest_problems(campaign, LATEST_PROBLEMS) if facts["failed"] or facts["unknown"] else [],
+        "replies": replies,
+        "reply_count": reply_count,
         "address_label": page.spec.address if page is not None else "address",
         "notice": None,
         "error": None,
@@ -354,11 +428,16 @@ def audience():
     elif not (draft.audience["all"] or draft.audience["lists"] or draft.audience["segments"]):
         problem = "Choose who receives it: all contacts, lists or segments."
     counted = None if problem else count_audience(draft)
+    warning = None
+    if counted is not None and counted.recipients:
+        page = db.session.get(Page, draft.page_id)
+        warning = forecast(g.workspace.tenant, page, counted.recipients).warning()
     return render_page(
         "campaigns/form.html",
         "audience_count",
         audience=counted,
         problem=problem,
+        forecast_warning=warning,
         exclusion_text=EXCLUSION_TEXT,
     )
 

@@ -18,6 +18,7 @@ from flask import (
     url_for,
 )
 
+from tenants.campaigns import tenant_zone
 from tenants.contact_book import (
     ContactError,
     ContactFilter,
@@ -39,8 +40,10 @@ from tenants.contact_book import (
 )
 from tenants.contacts import Contact, ContactList, Segment
 from tenants.db import db
+from tenants.reports import STATE_LABELS, contact_history
 from tenants.scoping import tenant
 from webapp.rendering import render_page
+from webapp.reports import local_moment
 from webapp.tenancy import member_required
 
 bp = Blueprint("contacts", __name__)
@@ -190,6 +193,10 @@ def show(contact_id: int):
         display_name=display_name(contact),
         member_of=lists_of(contact),
         lists=[row for row, _ in lists_with_sizes()],
+        history=contact_history(contact.id),
+        state_labels=STATE_LABELS,
+        zone=tenant_zone(g.workspace.tenant).key,
+        local=local_moment,
     )
 
 

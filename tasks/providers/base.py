@@ -7,7 +7,6 @@ provider's answer, a timeout or a connection error: those are outcomes too.
 
 from __future__ import annotations
 
-import enum
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -15,6 +14,7 @@ from typing import Any, ClassVar, Protocol
 from urllib.parse import quote, quote_plus
 
 from tenants.pages import ProviderKind
+from tenants.provider_codes import Outcome
 
 __all__ = [
     "Outcome",
@@ -26,15 +26,6 @@ __all__ = [
     "TemplateRef",
     "VerifyResult",
 ]
-
-
-class Outcome(enum.StrEnum):
-    SENT = "sent"  # accepted; provider_message_id is set
-    TRANSIENT = "transient"  # timeout, connection error, 5xx, malformed answer: retry later
-    THROTTLED = "throttled"  # the whole page must slow down (429, 130429, 80007, 4, 613, SMTP 421/450/454)
-    RECIPIENT_PACED = "recipient_paced"  # only this recipient must wait (WhatsApp 131056)
-    PAGE_FATAL = "page_fatal"  # stop using the page: bad/expired token, spam limit, policy block
-    PERMANENT = "permanent"  # this recipient can never get it: invalid/unreachable, outside window, SMTP 5xx
 
 
 @dataclass(frozen=True, slots=True)

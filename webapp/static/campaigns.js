@@ -23,6 +23,7 @@
   let frameRequested = false;
   let refreshing = false;
   let refreshAgain = false;
+  let actionsInFlight = 0; // POSTs of the campaign's buttons not answered yet
   let lastRefresh = Date.now();
   let observed = null; // the campaign id and state last seen, to notice a stop while the page is open
   let stoppedAt = 0;
@@ -50,7 +51,9 @@
   function refresh() {
     const root = campaignSection();
     if (!root || !window.htmx) return;
-    if (refreshing) { refreshAgain = true; return; }
+    // an action's answer (with its notice) is on its way and swaps the block itself: refresh after it,
+    // never before (htmx drops a POST's answer whose target was swapped out meanwhile)
+    if (refreshing || actionsInFlight > 0) { refreshAgain = true; return; }
     refreshing = true;
     lastRefresh = Date.now();
     const url = root.dataset.refreshUrl + window.location.search;
@@ -74,7 +77,12 @@
     if (bar) { bar.max = Math.max(data.total || 0, 1); bar.value = data.processed || 0; }
     setText(root, '[data-live="percent"]', Number(data.percent || 0).toFixed(1));
     if (data.rate !== undefined) setText(root, '[data-live="rate"]', number(data.rate) + " msg/s");
-    if (data.eta_seconds !== undefined) setText(root, '[data-live="eta"]', duration(data.eta_seconds));
+    if (data.held_back) {
+      setText(root, '[data-live="eta"]', "tomorrow at the earliest: the daily limit holds back "
+        + number(data.held_back));
+    } else if (data.eta_seconds !== undefined) {
+      setText(root, '[data-live="eta"]', duration(data.eta_seconds));
+    }
     setText(root, '[data-live="state"]', data.state);
     if (data.state !== shownState) refresh();
   }
@@ -136,12 +144,40 @@
     if ((settling && wait >= SETTLE_MS) || (offline && wait >= POLL_MS)) refresh();
   }
 
-  // After an action answered in place, the flash of the previous full page is out of date.
+  function isCampaignAction(event) {
+    const config = event.detail.requestConfig;
+    return config && config.verb === "post" && event.detail.target && event.detail.target.id === "campaign";
+  }
+  document.addEventListener("htmx:beforeRequest", (event) => {
+    if (isCampaignAction(event)) actionsInFlight += 1;
+  });
+  document.addEventListener("htmx:afterRequest", (event) => {
+    if (!isCampaignAction(event)) return;
+    actionsInFlight = Math.max(0, actionsInFlight - 1);
+    if (actionsInFlight === 0 && refreshAgain) { refreshAgain = false; window.setTimeout(refresh, 0); }
+  });
+
+  // After an action answered in place, the flash of the previous full page is out of date. A refresh
+  // (a state change seen live) keeps the last action's notice: "Campaign started: 300 recipients"
+  // stays up while the campaign it started runs on, until the next action answers.
+  let keptNotice = null;
   document.addEventListener("htmx:beforeSwap", (event) => {
-    const flashes = document.getElementById("flashes");
-    if (flashes && event.detail.target && event.detail.target.id === "campaign" && event.detail.requestConfig.verb === "post") {
-      flashes.remove();
+    if (!event.detail.target || event.detail.target.id !== "campaign") return;
+    if (event.detail.requestConfig.verb === "post") {
+      const flashes = document.getElementById("flashes");
+      if (flashes) flashes.remove();
+      keptNotice = null;
+    } else {
+      const notice = event.detail.target.querySelector('[data-testid="action-notice"]');
+      keptNotice = notice ? notice.cloneNode(true) : null;
     }
+  });
+  document.addEventListener("htmx:afterSwap", (event) => {
+    const root = campaignSection();
+    if (!keptNotice || !root || root.querySelector('[data-testid="action-notice"]')) return;
+    const heading = root.querySelector("hgroup");
+    if (heading) heading.after(keptNotice);
+    keptNotice = null;
   });
 
   if (window.crierSocket) listen(window.crierSocket);

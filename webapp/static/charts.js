@@ -10,6 +10,12 @@
   const COLORS = { sent: "#1f6feb", delivered: "#2e9e4f", read: "#8250df", failed: "#d1242f" };
   const OTHER_COLORS = ["#0969da", "#bf8700", "#1a7f37", "#cf222e", "#8250df", "#57606a"];
 
+  const SECOND_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400];
+  const DAY_STEPS = [86400, 2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400];
+  const dayTick = (seconds) => new Date(seconds * 1000).toISOString().slice(5, 10);
+  const timeTick = (seconds) =>
+    new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+
   const charts = new Map(); // figure id -> { figure, json, plot, observer }
 
   const whole = (value) => (value === null || value === undefined ? "—" : Number(value).toLocaleString("en-US"));
@@ -40,7 +46,8 @@
         y: { range: (u, min, max) => [0, Math.max(1, max || 0)] },
       },
       axes: [
-        {},
+        // ticks on whole seconds (or whole days), never uPlot's sub-second default labels like ":10.000"
+        { incrs: days ? DAY_STEPS : SECOND_STEPS, values: (u, splits) => splits.map(days ? dayTick : timeTick) },
         { values: (u, splits) => splits.map((value) => (Number.isInteger(value) ? whole(value) : "")) },
       ],
       series: [
