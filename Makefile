@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python bench/transport.py
 	$(BIN)/python bench/campaign_start.py
 	$(BIN)/python bench/campaign_engine.py
+	$(BIN)/python bench/operator_pages.py
 
 format: install
 	$(BIN)/ruff format .
