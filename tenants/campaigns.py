@@ -176,6 +176,16 @@ class Campaign(TenantScoped, TimestampMixin, db.Model):
         return PAUSE_REASON_TEXT.get(self.paused_reason, "") if self.paused_reason else ""
 
 
+PAST_SENDING = "state NOT IN ('pending', 'in_flight')"
+"""Deliveries that have left the queue (sent, failed, unknown, cancelled…): the predicate of the contact
+index, which a query must state in these very words (``past_sending()``) for PostgreSQL to use it."""
+
+
+def past_sending() -> Any:
+    """:data:`PAST_SENDING` as a condition on the deliveries table (spelled out for the planner)."""
+    return text(f"deliveries.{PAST_SENDING}")
+
+
 class Delivery(TenantScoped, db.Model):
     """One recipient of one campaign and what became of their message.
 
@@ -206,7 +216,14 @@ class Delivery(TenantScoped, db.Model):
             postgresql_where=text("provider_message_id IS NOT NULL"),
             sqlite_where=text("provider_message_id IS NOT NULL"),
         ),
-        Index("ix_deliveries_contact", "contact_id"),  # a contact's message history
+        # a contact's message history: only rows past sending, so a start's INSERT (all pending) adds
+        # nothing to it (a full index cost 0.08 s of a 0.55 s start of 100,000 recipients)
+        Index(
+            "ix_deliveries_contact",
+            "contact_id",
+            postgresql_where=text(PAST_SENDING),
+            sqlite_where=text(PAST_SENDING),
+        ),
     )
 
     id: Mapped[int] = mapped_column(ID, primary_key=True)

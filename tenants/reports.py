@@ -23,6 +23,7 @@ from tenants.campaigns import (
     Delivery,
     DeliveryAttempt,
     DeliveryState,
+    past_sending,
 )
 from tenants.contact_book import display_name
 from tenants.contacts import Contact
@@ -467,7 +468,8 @@ class HistoryEntry:
 
 
 def contact_history(contact_id: int, limit: int = 50) -> list[HistoryEntry]:
-    """The contact's deliveries and their messages to the tenant's pages, newest first."""
+    """The contact's deliveries (once past sending: the queued ones are not history yet) and their
+    messages to the tenant's pages, newest first."""
     deliveries = db.session.execute(
         _with_contacts(
             select(
@@ -481,7 +483,7 @@ def contact_history(contact_id: int, limit: int = 50) -> list[HistoryEntry]:
         )
         .outerjoin(Campaign, Campaign.id == Delivery.campaign_id)
         .outerjoin(Page, Page.id == Campaign.page_id)
-        .where(Delivery.contact_id == contact_id)
+        .where(Delivery.contact_id == contact_id, past_sending())
         .order_by(Delivery.id.desc())
         .limit(limit)
     ).all()

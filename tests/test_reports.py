@@ -482,3 +482,50 @@ def test_a_contacts_page_shows_their_messages_and_replies_only(app, auth, client
     assert "Bruno here" not in history
     bruno_history = _text(client.get(f"/contacts/{bruno}")).split('data-testid="message-history"')[1]
     assert "Bruno here" in bruno_history and "Summer sale" not in bruno_history
+
+
+def test_a_contacts_history_is_read_off_its_index_and_leaves_out_queued_messages(app, auth):
+    """The history must not scan every delivery of the tenant: it goes by the partial contact index,
+    whose predicate the query states in the same words (queued deliveries are not in it)."""
+    from sqlalchemy import event
+
+    from tenants.reports import contact_history
+
+    workspace = _workspace(app, auth)
+    spring = _campaign(app, workspace)
+    (ana,) = _contacts(app, workspace, ["Ana"])
+    with app.app_context(), tenant(db.session, workspace.tenant_id):
+        db.session.execute(  # a big campaign, so PostgreSQL weighs its indexes
+            db.text(
+                "INSERT INTO deliveries (tenant_id, campaign_id, contact_id, address, state, attempts,"
+                " due_at, retryable) SELECT :tenant, :campaign, 1000000 + n, '+1555' || n,"
+                " CASE WHEN n % 2 = 0 THEN 'sent' ELSE 'pending' END, 0, now(), false"
+                " FROM generate_series(1, 20000) n"
+            ),
+            {"tenant": workspace.tenant_id, "campaign": spring},
+        )
+        db.session.commit()
+    _deliver(
+        app,
+        workspace,
+        spring,
+        [{"contact_id": ana, "sent_at": SENT_AT}, {"contact_id": ana, "state": "pending"}],
+    )
+    with app.app_context(), tenant(db.session, workspace.tenant_id):
+        db.session.execute(db.text("ANALYZE deliveries"))
+        statements = []
+
+        def seen(conn, cursor, statement, parameters, context, executemany):
+            if "FROM deliveries" in statement and "contact_id" in statement:
+                statements.append((statement, parameters))
+
+        event.listen(db.engine, "before_cursor_execute", seen)
+        try:
+            history = contact_history(ana)
+        finally:
+            event.remove(db.engine, "before_cursor_execute", seen)
+        assert [entry.delivery.state for entry in history if entry.delivery] == [DeliveryState.SENT]
+        statement, parameters = statements[0]
+        plan = db.session.connection().exec_driver_sql("EXPLAIN " + statement, parameters)
+        plan_text = "\n".join(row[0] for row in plan)
+    assert "ix_deliveries_contact" in plan_text, plan_text

@@ -11,9 +11,10 @@ Create Date: 2026-12-05
 * ``daily_activity``: per tenant, day and campaign, what the provider accepted, failures, receipts
   and replies (counted by dispatch, receipts and replies as they happen), for charts and usage.
 * ``delivery_attempts``: earlier rounds of a delivery, kept when it is resent.
-* ``deliveries.retryable`` (a failure whose retries ran out, worth resending) and an index on
-  ``deliveries.contact_id`` for a contact's message history; on ``campaigns`` who paused and when;
-  on ``inbound_messages`` the campaign and delivery a reply answers.
+* ``deliveries.retryable`` (a failure whose retries ran out, worth resending) and a partial index on
+  ``deliveries.contact_id`` for a contact's message history (rows past sending only, so that
+  starting a campaign, which inserts every delivery pending, does not pay for it); on ``campaigns``
+  who paused and when; on ``inbound_messages`` the campaign and delivery a reply answers.
 
 ``tenants.plan_id`` and ``campaigns.paused_by_id`` carry no foreign key: on SQLite adding one
 means copying and dropping ``tenants`` and ``campaigns``, and dropping them fires their children's
@@ -57,6 +58,7 @@ STANDARD = {  # the limits every tenant had by default before plans
     "max_contacts": 100_000,
 }
 LIMITS = tuple(STANDARD)
+PAST_SENDING = "state NOT IN ('pending', 'in_flight')"  # the contact index leaves out queued deliveries
 
 POSTGRESQL_APPEND_ONLY = """
 CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -215,7 +217,13 @@ def upgrade():
     op.add_column(
         "deliveries", sa.Column("retryable", sa.Boolean(), nullable=False, server_default=sa.false())
     )
-    op.create_index("ix_deliveries_contact", "deliveries", ["contact_id"])
+    op.create_index(
+        "ix_deliveries_contact",
+        "deliveries",
+        ["contact_id"],
+        postgresql_where=sa.text(PAST_SENDING),
+        sqlite_where=sa.text(PAST_SENDING),
+    )
 
     op.add_column("inbound_messages", sa.Column("campaign_id", sa.Integer(), nullable=True))
     op.add_column("inbound_messages", sa.Column("delivery_id", ID, nullable=True))
