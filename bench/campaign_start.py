@@ -17,11 +17,8 @@ Environment: CRIER_BENCH_POSTGRES (admin URL, default postgresql://postgres@127.
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +27,9 @@ from sqlalchemy import event
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-ADMIN_URL = os.environ.get("CRIER_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+from bench.throwaway import throwaway_database  # noqa: E402
+
 BODY = "Hi {{first_name}} from {{city}}"
 
 # n in 1..N receive; N+1..N+N/100 opted out; N+N/100+1..N+N/50 have no city. Tenant 1, list 1.
@@ -72,23 +71,8 @@ def main() -> int:
         "--explain", action="store_true", help="EXPLAIN ANALYZE each statement of one more start"
     )
     args = parser.parse_args()
-    database = f"crier_bench_start_{secrets.token_hex(4)}"
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{database}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{database}"')
-    os.environ.update(
-        DATABASE_URL=url,
-        REDIS_URL=os.environ.get("CRIER_BENCH_REDIS", "redis://127.0.0.1:6379/0"),
-        REDIS_PREFIX=f"crier-bench-{secrets.token_hex(4)}",
-        SECRET_KEY=secrets.token_hex(32),
-        CRIER_INSTANCE_PATH=tempfile.mkdtemp(prefix="crier-bench-"),
-        CRIER_ENV="test",
-    )
-    try:
+    with throwaway_database("start") as url:
         return run(args, url)
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def explain_statements(engine) -> None:

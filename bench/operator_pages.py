@@ -14,7 +14,8 @@ templates all count), it times each page ``--runs`` times after two warm-ups and
 and the 95th percentile; the export is read to its end, timing it and tracing Python's allocations
 (peak, tracemalloc, in a second read) for both campaigns: flat memory means the 100,000-row peak is
 close to the 10,000-row one. Exit 1 when a page's median is 200 ms or more, the export took 10 s or
-more, or its peak grew more than 50% over the tenfold rows. The database is dropped at the end.
+more, or its peak grew more than 50% over the tenfold rows (and past 3 MiB, room for a read batch).
+The database is dropped at the end.
 
 Environment: CRIER_BENCH_POSTGRES (admin URL, default postgresql://postgres@127.0.0.1:5432/postgres).
 """
@@ -23,20 +24,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import secrets
 import statistics
 import sys
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
 
-import psycopg
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-ADMIN_URL = os.environ.get("CRIER_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+from bench.throwaway import throwaway_database  # noqa: E402
+
 PASSWORD = "a bench password"
 LIMIT_MS = 200.0
 EXPORT_LIMIT_S = 10.0
@@ -158,23 +156,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--json", action="store_true", help="also print every figure as JSON")
     args = parser.parse_args()
-    database = f"crier_bench_ops_{secrets.token_hex(4)}"
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{database}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{database}"')
-    os.environ.update(
-        DATABASE_URL=url,
-        REDIS_URL=os.environ.get("CRIER_BENCH_REDIS", "redis://127.0.0.1:6379/0"),
-        REDIS_PREFIX=f"crier-bench-{secrets.token_hex(4)}",
-        SECRET_KEY=secrets.token_hex(32),
-        CRIER_INSTANCE_PATH=tempfile.mkdtemp(prefix="crier-bench-"),
-        CRIER_ENV="test",
-    )
-    try:
+    with throwaway_database("ops"):
         return run(args)
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def fill(app, args) -> None:
@@ -323,7 +306,7 @@ def run(args) -> int:
         failures.append(f"export rows {big['rows']:,} / {small['rows']:,}, expected {args.deliveries:,}")
     if big["seconds"] >= EXPORT_LIMIT_S:
         failures.append(f"the {args.deliveries:,}-row export took {big['seconds']} s")
-    if not big["streamed"] or big["peak_mib"] > 1.5 * max(small["peak_mib"], 1.0):
+    if not big["streamed"] or big["peak_mib"] > 1.5 * max(small["peak_mib"], 2.0):
         failures.append(
             f"export memory not flat: peak {big['peak_mib']} MiB for {big['rows']:,} rows vs "
             f"{small['peak_mib']} MiB for {small['rows']:,}"

@@ -57,6 +57,7 @@ from tenants.campaigns import (
     PauseReason,
     daily_limit_pause_detail,
     next_midnight,
+    paused,
     quota_day,
     summary,
 )
@@ -1393,12 +1394,7 @@ def pause_campaigns(
         campaign_ids,
         "campaign:paused",
         "pausing campaigns",
-        state=CampaignState.PAUSED,
-        paused_reason=reason,
-        paused_at=utcnow(),
-        paused_by_id=None,
-        resume_at=resume_at,
-        state_detail=detail,
+        **paused(reason, resume_at=resume_at, detail=detail),
     )
 
 

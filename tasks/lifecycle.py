@@ -222,16 +222,22 @@ def reactivate_tenant(tenant_row: Tenant) -> list[int]:
         after={"status": "active"},
     )
     db.session.commit()
-    resumed = []
     with tenant(db.session, tenant_row.id):
-        for campaign_id in _campaign_ids(tenant_row.id, CampaignState.PAUSED, (PauseReason.SUSPENDED,)):
-            campaign = db.session.get(Campaign, campaign_id)
-            try:
-                if resume_automatically(campaign):
-                    resumed.append(campaign_id)
-            except CampaignError:
-                db.session.rollback()
+        resumed = _resume_each(_campaign_ids(tenant_row.id, CampaignState.PAUSED, (PauseReason.SUSPENDED,)))
     tell_tenant(tenant_row)
+    return resumed
+
+
+def _resume_each(campaign_ids: list[int]) -> list[int]:
+    """Resume those of the current tenant's ``campaign_ids`` that may send now; the ids resumed."""
+    resumed = []
+    for campaign_id in campaign_ids:
+        campaign = db.session.get(Campaign, campaign_id)
+        try:
+            if campaign is not None and resume_automatically(campaign):
+                resumed.append(campaign_id)
+        except CampaignError:
+            db.session.rollback()
     return resumed
 
 
@@ -253,13 +259,7 @@ def limits_changed(tenant_row: Tenant, now: datetime | None = None) -> dict[str,
                     ),
                 )
             else:
-                for campaign_id in _campaign_ids(tenant_row.id, CampaignState.PAUSED, DAILY_LIMIT_PAUSES):
-                    campaign = db.session.get(Campaign, campaign_id)
-                    try:
-                        if resume_automatically(campaign):
-                            resumed.append(campaign_id)
-                    except CampaignError:
-                        db.session.rollback()
+                resumed = _resume_each(_campaign_ids(tenant_row.id, CampaignState.PAUSED, DAILY_LIMIT_PAUSES))
     tell_tenant(tenant_row)
     return {"paused": paused, "resumed": resumed}
 

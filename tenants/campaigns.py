@@ -798,6 +798,24 @@ def _create_deliveries(campaign: Campaign, page: Page, tenant: Tenant, now: date
     return inserted, excluded
 
 
+def paused(
+    reason: PauseReason,
+    *,
+    resume_at: datetime | None = None,
+    detail: str | None = None,
+    by_user_id: int | None = None,
+) -> dict[str, Any]:
+    """The columns of a campaign that pauses now: why, when, by whom, until when, in more words."""
+    return {
+        "state": CampaignState.PAUSED,
+        "paused_reason": reason,
+        "paused_at": utcnow(),
+        "paused_by_id": by_user_id,
+        "resume_at": resume_at,
+        "state_detail": detail,
+    }
+
+
 def pause(
     campaign: Campaign,
     reason: PauseReason = PauseReason.USER,
@@ -806,16 +824,7 @@ def pause(
 ) -> None:
     """Running → paused, noting why, when and (for a user's pause) by whom."""
     check_action(campaign, "pause")
-    if not _transition(
-        campaign,
-        "pause",
-        state=CampaignState.PAUSED,
-        paused_reason=reason,
-        paused_at=utcnow(),
-        paused_by_id=by_user_id,
-        resume_at=resume_at,
-        state_detail=None,
-    ):
+    if not _transition(campaign, "pause", **paused(reason, resume_at=resume_at, by_user_id=by_user_id)):
         raise CampaignError("The campaign is no longer running.")
     db.session.commit()
     db.session.refresh(campaign)
