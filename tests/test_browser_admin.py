@@ -6,16 +6,15 @@ from __future__ import annotations
 import time
 
 import httpx
-from playwright.sync_api import Page, expect
-from sqlalchemy import insert, select
+from playwright.sync_api import expect
+from sqlalchemy import select
 
 from tenants.accounts import make_platform_admin
 from tenants.campaigns import Campaign, CampaignState
-from tenants.contacts import Contact, ContactList, ContactListMember
 from tenants.db import db
-from tenants.scoping import all_tenants, tenant
-from tests.conftest import ARTIFACTS, PASSWORD
-from tests.factories import tenant_named
+from tenants.scoping import all_tenants
+from tests.browsers import connect_sandbox_whatsapp, contacts_on_a_list, sign_up
+from tests.conftest import ARTIFACTS
 
 RECIPIENTS = 600
 RATE = 25  # messages per second: the campaign runs for half a minute unless stopped
@@ -24,47 +23,6 @@ ADMIN_EMAIL, ADMIN_PASSWORD = "operator@crier.example", "an operator password"
 
 def _accepted(sandbox) -> int:
     return httpx.get(f"{sandbox.url}/_sandbox/stats", timeout=5).json()["accepted"]
-
-
-def _sign_up_with_a_sandbox_page(page: Page, live_server: str) -> None:
-    page.goto(f"{live_server}/signup")
-    page.get_by_label("Workspace name").fill("Ops Co")
-    page.get_by_label("Email").fill("owner@ops.example")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Create workspace").click()
-    page.get_by_role("link", name="Pages", exact=True).click()
-    page.get_by_role("button", name="WhatsApp Cloud API").click()
-    page.get_by_label("Name").fill("Ops WhatsApp")
-    page.get_by_label("Send through the built-in sandbox").check()
-    page.get_by_label("Phone number ID").fill("109876543210088")
-    page.get_by_label("Access token").fill("ops-token-0123456789")
-    page.get_by_label("App secret").fill("ops-app-secret")
-    page.get_by_label("Webhook verify token").fill("ops-verify")
-    page.get_by_label("Send rate (messages per second)").fill(str(RATE))
-    page.get_by_role("button", name="Connect page").click()
-    expect(page.get_by_text("Page Ops WhatsApp connected.")).to_be_visible()
-
-
-def _contacts_on_a_list(app) -> None:
-    with app.app_context(), all_tenants(db.session):
-        tenant_id = tenant_named("Ops Co").id
-    with app.app_context(), tenant(db.session, tenant_id):
-        audience = ContactList(name="Everyone")
-        db.session.add(audience)
-        db.session.flush()
-        db.session.execute(
-            insert(Contact),
-            [
-                {"tenant_id": tenant_id, "phone": f"+5511963{n:04d}1", "first_name": f"P{n}"}
-                for n in range(RECIPIENTS)
-            ],
-        )
-        ids = db.session.scalars(select(Contact.id)).all()
-        db.session.execute(
-            insert(ContactListMember),
-            [{"tenant_id": tenant_id, "list_id": audience.id, "contact_id": i} for i in ids],
-        )
-        db.session.commit()
 
 
 def _campaign_state(app) -> CampaignState:
@@ -84,8 +42,10 @@ def test_the_operator_raises_a_quota_live_suspends_a_sending_tenant_and_the_audi
     operator = browser.new_context().new_page()
     operator.set_default_timeout(15_000)
     try:
-        _sign_up_with_a_sandbox_page(owner, live_server)
-        _contacts_on_a_list(app)
+        sign_up(owner, live_server, "Ops Co", "owner@ops.example")
+        owner.get_by_role("link", name="Pages", exact=True).click()
+        connect_sandbox_whatsapp(owner, "Ops WhatsApp", "109876543210088", rate=RATE)
+        contacts_on_a_list(app, "Ops Co", "Everyone", [f"+5511963{n:04d}1" for n in range(RECIPIENTS)])
         owner.get_by_role("link", name="Dashboard").click()
         expect(owner.locator("#live-status")).to_have_attribute("data-state", "live")
         expect(owner.get_by_test_id("quota-limit")).to_have_text("10,000")

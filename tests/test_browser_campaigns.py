@@ -8,13 +8,9 @@ import time
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
-from sqlalchemy import insert, select
 
-from tenants.contacts import Contact, ContactList, ContactListMember
-from tenants.db import db
-from tenants.scoping import all_tenants, tenant
-from tests.conftest import ARTIFACTS, PASSWORD
-from tests.factories import tenant_named
+from tests.browsers import connect_sandbox_whatsapp, contacts_on_a_list, sign_up
+from tests.conftest import ARTIFACTS
 
 RECIPIENTS = 300
 SENT_COUNT = "() => Number(document.querySelector('[data-count=sent]')?.textContent.replace(/,/g, '') || 0)"
@@ -26,58 +22,22 @@ def page(page):
     return page
 
 
-def _add_contacts(app, workspace: str) -> None:
-    """RECIPIENTS contacts on the list "Launch list" (phones the sandbox accepts)."""
-    with app.app_context(), all_tenants(db.session):
-        tenant_id = tenant_named(workspace).id
-    with app.app_context(), tenant(db.session, tenant_id):
-        launch = ContactList(name="Launch list")
-        db.session.add(launch)
-        db.session.flush()
-        db.session.execute(
-            insert(Contact),
-            [
-                {"tenant_id": tenant_id, "phone": f"+5511962{n:04d}1", "first_name": f"Person{n}"}
-                for n in range(RECIPIENTS)
-            ],
-        )
-        ids = db.session.scalars(select(Contact.id)).all()
-        db.session.execute(
-            insert(ContactListMember),
-            [{"tenant_id": tenant_id, "list_id": launch.id, "contact_id": i} for i in ids],
-        )
-        db.session.commit()
-
-
 def _sandbox_tally(sandbox) -> tuple[int, int]:
     stats = httpx.get(f"{sandbox.url}/_sandbox/stats", timeout=5).json()
     return stats["accepted"], stats["duplicates"]
 
 
 def _sign_up_and_connect_a_sandbox_page(page: Page, live_server: str) -> None:
-    page.goto(f"{live_server}/signup")
-    page.get_by_label("Workspace name").fill("Launch Co")
-    page.get_by_label("Email").fill("launch@acme.example")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Create workspace").click()
+    sign_up(page, live_server, "Launch Co", "launch@acme.example")
     page.get_by_role("link", name="Pages", exact=True).click()
-    page.get_by_role("button", name="WhatsApp Cloud API").click()
-    page.get_by_label("Name").fill("Sandbox WhatsApp")
-    page.get_by_label("Send through the built-in sandbox").check()
-    page.get_by_label("Phone number ID").fill("109876543210077")
-    page.get_by_label("Access token").fill("launch-token-0123456789")
-    page.get_by_label("App secret").fill("launch-app-secret")
-    page.get_by_label("Webhook verify token").fill("launch-verify")
-    page.get_by_label("Send rate (messages per second)").fill("100")
-    page.get_by_role("button", name="Connect page").click()
-    expect(page.get_by_text("Page Sandbox WhatsApp connected.")).to_be_visible()
+    connect_sandbox_whatsapp(page, "Sandbox WhatsApp", "109876543210077", rate=100)
 
 
 def test_start_a_campaign_watch_it_complete_live_then_pause_and_resume_a_copy(
     app, live_server, worker_process, sandbox, page
 ):
     _sign_up_and_connect_a_sandbox_page(page, live_server)
-    _add_contacts(app, "Launch Co")
+    contacts_on_a_list(app, "Launch Co", "Launch list", [f"+5511962{n:04d}1" for n in range(RECIPIENTS)])
 
     page.get_by_role("link", name="Campaigns").click()
     expect(page.get_by_text("No campaigns yet.")).to_be_visible()

@@ -7,13 +7,12 @@ import re
 
 import pytest
 from playwright.sync_api import Page, expect
-from sqlalchemy import insert, select
 
-from tenants.contacts import Contact, ContactList, ContactListMember
 from tenants.db import db
 from tenants.models import Tenant
 from tenants.scoping import all_tenants, tenant
-from tests.conftest import ARTIFACTS, PASSWORD
+from tests.browsers import connect_sandbox_whatsapp, contacts_on_a_list, sign_up
+from tests.conftest import ARTIFACTS
 from tests.factories import make_page, make_segment, tenant_named
 
 RECIPIENTS = 200
@@ -30,27 +29,15 @@ def page(page):
 
 
 def _sign_up_and_connect_a_sandbox_page(page: Page, live_server: str) -> None:
-    page.goto(f"{live_server}/signup")
-    page.get_by_label("Workspace name").fill(WORKSPACE)
-    page.get_by_label("Email").fill("dash@acme.example")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Create workspace").click()
+    sign_up(page, live_server, WORKSPACE, "dash@acme.example")
     expect(page.get_by_test_id("first-steps")).to_be_visible()
     page.get_by_role("link", name="Connect a page").click()
-    page.get_by_role("button", name="WhatsApp Cloud API").click()
-    page.get_by_label("Name").fill("Sandbox WhatsApp")
-    page.get_by_label("Send through the built-in sandbox").check()
-    page.get_by_label("Phone number ID").fill("109876543210088")
-    page.get_by_label("Access token").fill("dash-token-0123456789")
-    page.get_by_label("App secret").fill("dash-app-secret")
-    page.get_by_label("Webhook verify token").fill("dash-verify")
-    page.get_by_label("Send rate (messages per second)").fill(PAGE_RATE)
-    page.get_by_role("button", name="Connect page").click()
-    expect(page.get_by_text("Page Sandbox WhatsApp connected.")).to_be_visible()
+    connect_sandbox_whatsapp(page, "Sandbox WhatsApp", "109876543210089", rate=PAGE_RATE)
 
 
 def _add_contacts_and_more_pages(app) -> None:
     """RECIPIENTS contacts on the list "Dash list", two more pages (a wider usage table) and a segment."""
+    contacts_on_a_list(app, WORKSPACE, "Dash list", [f"+5511963{n:04d}1" for n in range(RECIPIENTS)])
     with app.app_context(), all_tenants(db.session):
         tenant_id = tenant_named(WORKSPACE).id
     with app.app_context(), tenant(db.session, tenant_id):
@@ -58,21 +45,6 @@ def _add_contacts_and_more_pages(app) -> None:
         for name in ("Second WhatsApp line (backup for the busy season)", "Third WhatsApp line"):
             make_page(workspace, {}).name = name
         make_segment(workspace, {})
-        dash_list = ContactList(name="Dash list")
-        db.session.add(dash_list)
-        db.session.flush()
-        db.session.execute(
-            insert(Contact),
-            [
-                {"tenant_id": tenant_id, "phone": f"+5511963{n:04d}1", "first_name": f"Person{n}"}
-                for n in range(RECIPIENTS)
-            ],
-        )
-        ids = db.session.scalars(select(Contact.id)).all()
-        db.session.execute(
-            insert(ContactListMember),
-            [{"tenant_id": tenant_id, "list_id": dash_list.id, "contact_id": i} for i in ids],
-        )
         db.session.commit()
 
 

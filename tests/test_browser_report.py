@@ -7,13 +7,9 @@ import csv
 import re
 
 from playwright.sync_api import Page, expect
-from sqlalchemy import insert, select
 
-from tenants.contacts import Contact, ContactList, ContactListMember
-from tenants.db import db
-from tenants.scoping import all_tenants, tenant
+from tests.browsers import contacts_on_a_list
 from tests.conftest import ARTIFACTS
-from tests.factories import tenant_named
 from tests.test_browser_campaigns import _sign_up_and_connect_a_sandbox_page
 
 RECIPIENTS = 60
@@ -24,34 +20,12 @@ def _phone(n: int) -> str:
     return f"+55119{n:04d}0000" if n % 10 == 0 else f"+5511962{n:04d}1"
 
 
-def _add_contacts(app, workspace: str) -> None:
-    """RECIPIENTS contacts on the list "Report list", one in ten with a number the sandbox refuses."""
-    with app.app_context(), all_tenants(db.session):
-        tenant_id = tenant_named(workspace).id
-    with app.app_context(), tenant(db.session, tenant_id):
-        people = ContactList(name="Report list")
-        db.session.add(people)
-        db.session.flush()
-        db.session.execute(
-            insert(Contact),
-            [
-                {"tenant_id": tenant_id, "phone": _phone(n), "first_name": f"Person{n}"}
-                for n in range(RECIPIENTS)
-            ],
-        )
-        ids = db.session.scalars(select(Contact.id)).all()
-        db.session.execute(
-            insert(ContactListMember),
-            [{"tenant_id": tenant_id, "list_id": people.id, "contact_id": i} for i in ids],
-        )
-        db.session.commit()
-
-
 def test_the_report_shows_who_failed_and_the_csv_has_every_recipient(
     app, live_server, worker_process, sandbox, page: Page
 ):
     _sign_up_and_connect_a_sandbox_page(page, live_server)
-    _add_contacts(app, "Launch Co")
+    # one in ten with a number the sandbox refuses
+    contacts_on_a_list(app, "Launch Co", "Report list", [_phone(n) for n in range(RECIPIENTS)])
 
     page.get_by_role("link", name="Campaigns").click()
     page.get_by_role("button", name="New campaign").click()
