@@ -150,24 +150,26 @@ class EngineRun:
             return campaign.id
 
     def start(self, tenant_id: int, campaign_id: int) -> None:
-        from tasks.dispatch import launch
-        from tenants.campaigns import start
+        """Start the campaign as the campaign page's button does (tasks.lifecycle)."""
+        from tasks import lifecycle
 
         with tenant(db.session, tenant_id):
             campaign = db.session.get(Campaign, campaign_id)
-            assert start(campaign)
-            launch(campaign)
+            started = lifecycle.start_campaign(campaign)
+            assert started.running and started.problem is None
 
     def act(self, tenant_id: int, campaign_id: int, action: str) -> Any:
-        from tasks.dispatch import launch
-        from tenants import campaigns
+        """Pause, resume, cancel or resend as the campaign page's buttons do (tasks.lifecycle)."""
+        from tasks import lifecycle
 
+        do = {
+            "pause": lambda campaign: lifecycle.pause_campaign(campaign, by_user_id=None),
+            "resume": lifecycle.resume_campaign,
+            "cancel": lifecycle.cancel_campaign,
+            "resend": lifecycle.resend_campaign,
+        }[action]
         with tenant(db.session, tenant_id):
-            campaign = db.session.get(Campaign, campaign_id)
-            result = getattr(campaigns, action)(campaign)
-            if action in ("resume", "resend"):
-                launch(campaign)
-            return result
+            return do(db.session.get(Campaign, campaign_id))
 
     def status(self, tenant_id: int, campaign_id: int) -> dict[str, Any]:
         with tenant(db.session, tenant_id):
