@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, and_, func, select
 
 from tenants.audit import AuditEntry, entries
 from tenants.campaigns import Campaign, CampaignState
@@ -27,11 +27,12 @@ from tenants.pages import Page
 from tenants.plans import LIMITS, Plan
 from tenants.scoping import all_tenants, tenant
 from tenants.usage import (
-    TENANT_SCOPE,
     DailyUsage,
     Today,
     UsageDay,
     local_date,
+    quota_rows,
+    quota_used_on_local_days,
     sent_since_sql,
     today,
     usage_by_day,
@@ -134,7 +135,7 @@ def _sent_today_by_tenant(tenant_ids: list[int]) -> dict[int, int]:
             .join(Tenant, Tenant.id == DailyUsage.tenant_id)
             .where(
                 DailyUsage.tenant_id.in_(tenant_ids),
-                DailyUsage.scope == TENANT_SCOPE,
+                quota_rows(),
                 DailyUsage.day == local_date(Tenant.timezone),
             )
         ).all()
@@ -186,17 +187,11 @@ def tenant_directory(
         elif sort == "created":
             key = Tenant.created_at
         elif sort == "today":
-            # one primary-key probe per tenant: a join would scan every day of every tenant's usage
-            used_today = (
-                select(DailyUsage.used)
-                .where(
-                    DailyUsage.tenant_id == Tenant.id,
-                    DailyUsage.scope == TENANT_SCOPE,
-                    DailyUsage.day == local_date(Tenant.timezone),
-                )
-                .scalar_subquery()
+            used = quota_used_on_local_days()
+            query = query.outerjoin(
+                used, and_(used.c.tenant_id == Tenant.id, used.c.day == local_date(Tenant.timezone))
             )
-            key = func.coalesce(used_today, 0)
+            key = func.coalesce(used.c.used, 0)
         else:
             sent = sent_since_sql(30)
             query = query.outerjoin(sent, sent.c.tenant_id == Tenant.id)

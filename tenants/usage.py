@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Date, ForeignKey, Integer, String, func, select
+from sqlalchemy import Date, ForeignKey, Index, Integer, String, func, literal_column, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -31,6 +31,15 @@ from tenants.pages import Page, ProviderKind
 from tenants.plans import LIMITS, Plan
 
 TENANT_SCOPE = "tenant"
+QUOTA_ROWS = "scope = 'tenant'"  # the quota index's predicate, which queries state in the same words
+
+
+def quota_rows() -> Any:
+    """The tenant-quota rows of ``daily_usage`` (not the page caps'), spelled as the index's predicate so
+    that PostgreSQL can use it whatever plan it caches."""
+    return DailyUsage.scope == literal_column(f"'{TENANT_SCOPE}'")
+
+
 ACTIVITY_COUNTS = ("sent", "delivered", "read", "failed", "replied")
 
 
@@ -42,6 +51,18 @@ class DailyUsage(db.Model):
     """Messages counted against a daily limit: the tenant's quota (scope ``tenant``) or a page's cap."""
 
     __tablename__ = "daily_usage"
+    __table_args__ = (
+        # the quota rows by day, for the console's sums over every tenant: without it, sorting 10,000
+        # tenants by their last 30 days read a year of every tenant's rows (238 ms). ``used`` is not in
+        # it, so dispatch's updates of ``used`` stay in place (HOT) as before.
+        Index(
+            "ix_daily_usage_quota_days",
+            "day",
+            "tenant_id",
+            postgresql_where=text(QUOTA_ROWS),
+            sqlite_where=text(QUOTA_ROWS),
+        ),
+    )
 
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     scope: Mapped[str] = mapped_column(String(40), primary_key=True)  # "tenant" or "page:<id>"
@@ -310,6 +331,17 @@ def usage_by_day(tenant: Tenant, days: int = 30, now: datetime | None = None) ->
 # --------------------------------------------------------------------------- across tenants (admin)
 
 
+def quota_used_on_local_days() -> Any:
+    """Per tenant, the quota used on its own today (a subquery: tenant_id, day, used). Every zone's today
+    is one of three UTC dates, so only those days' rows are read, off the quota index."""
+    utc_today = utcnow().date()
+    return (
+        select(DailyUsage.tenant_id, DailyUsage.day, DailyUsage.used)
+        .where(quota_rows(), DailyUsage.day.in_([utc_today + timedelta(days=n) for n in (-1, 0, 1)]))
+        .subquery("used_today")
+    )
+
+
 def local_date(timezone_column: Any) -> Any:
     """SQL for today's date in each row's time zone (PostgreSQL); UTC's date on SQLite, which has no
     time zones (the embedded default serves one machine)."""
@@ -323,7 +355,7 @@ def sent_since_sql(days: int) -> Any:
     since = utcnow().date() - timedelta(days=days)
     return (
         select(DailyUsage.tenant_id, func.sum(DailyUsage.used).label("used"))
-        .where(DailyUsage.scope == TENANT_SCOPE, DailyUsage.day > since)
+        .where(quota_rows(), DailyUsage.day > since)
         .group_by(DailyUsage.tenant_id)
         .subquery(f"sent_{days}d")
     )

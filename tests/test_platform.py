@@ -171,3 +171,59 @@ def test_the_directory_asks_the_same_few_queries_however_many_tenants_it_shows(c
 
     assert len(tenant_directory().rows) == 50
     assert queries_for_a_page() == few
+
+
+def test_sums_over_every_tenant_read_only_the_recent_quota_rows_off_their_index(app):
+    """Sorting by 30-day sends must not read every tenant's whole history: the quota rows' partial
+    index applies because the query states its predicate in the same words (whatever plan is cached)."""
+    from tenants.usage import quota_used_on_local_days, sent_since_sql
+
+    with app.app_context(), all_tenants(db.session):
+        ids = add_tenants(200)
+        db.session.execute(  # 400 days of use, the tenant's and a page's, for each
+            db.text(
+                "INSERT INTO daily_usage (tenant_id, scope, day, used)"
+                " SELECT t.id, s.scope, current_date - d, d FROM tenants t, generate_series(0, 399) d,"
+                " (VALUES ('tenant'), ('page:1')) AS s(scope) WHERE t.id = ANY(:ids)"
+            ),
+            {"ids": ids},
+        )
+        db.session.execute(db.text("ANALYZE daily_usage"))
+        seen = []
+
+        def capture(conn, cursor, statement, parameters, context, executemany):
+            seen.append((statement, parameters))
+
+        event.listen(db.engine, "before_cursor_execute", capture)
+        try:
+            for subquery in (sent_since_sql(30), quota_used_on_local_days()):
+                db.session.execute(db.select(subquery)).all()
+        finally:
+            event.remove(db.engine, "before_cursor_execute", capture)
+        assert len(seen) == 2
+        for statement, parameters in seen:
+            plan = generic_plan(statement, parameters)
+            assert "ix_daily_usage_quota_days" in plan, plan
+        db.session.rollback()
+
+
+def generic_plan(statement: str, parameters: dict) -> str:
+    """EXPLAIN of ``statement`` prepared and planned once for any parameters, as psycopg's prepared
+    statements end up being planned (a plan that cannot see the parameters' values)."""
+    import re
+
+    import psycopg
+
+    positions: dict[str, int] = {}
+    prepared = re.sub(
+        r"%\((\w+)\)s", lambda m: f"${positions.setdefault(m[1], len(positions) + 1)}", statement
+    )
+    connection = db.session.connection().connection.driver_connection
+    with psycopg.ClientCursor(connection) as cursor:  # EXECUTE's arguments written into its text
+        cursor.execute(f"PREPARE probe AS {prepared}")
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        arguments = [parameters[name] for name in positions]
+        cursor.execute("EXPLAIN EXECUTE probe(" + ", ".join(["%s"] * len(arguments)) + ")", arguments)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("DEALLOCATE probe")
+    return plan

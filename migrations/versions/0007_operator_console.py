@@ -8,6 +8,7 @@ Create Date: 2026-12-05
   and the suspension's reason and time. Existing tenants go on the default plan "Standard" (the
   limits every tenant had by default); a tenant whose limits differ keeps them as overrides.
 * ``audit_log``, append-only: the database refuses UPDATE and DELETE on it.
+* an index of ``daily_usage``'s quota rows by day, for sums over every tenant (the console's sorts).
 * ``daily_activity``: per tenant, day and campaign, what the provider accepted, failures, receipts
   and replies (counted by dispatch, receipts and replies as they happen), for charts and usage.
 * ``delivery_attempts``: earlier rounds of a delivery, kept when it is resent.
@@ -59,6 +60,7 @@ STANDARD = {  # the limits every tenant had by default before plans
 }
 LIMITS = tuple(STANDARD)
 PAST_SENDING = "state NOT IN ('pending', 'in_flight')"  # the contact index leaves out queued deliveries
+QUOTA_ROWS = "scope = 'tenant'"  # the quota index leaves out the page caps' rows
 
 POSTGRESQL_APPEND_ONLY = """
 CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -225,6 +227,14 @@ def upgrade():
         sqlite_where=sa.text(PAST_SENDING),
     )
 
+    op.create_index(
+        "ix_daily_usage_quota_days",
+        "daily_usage",
+        ["day", "tenant_id"],
+        postgresql_where=sa.text(QUOTA_ROWS),
+        sqlite_where=sa.text(QUOTA_ROWS),
+    )
+
     op.add_column("inbound_messages", sa.Column("campaign_id", sa.Integer(), nullable=True))
     op.add_column("inbound_messages", sa.Column("delivery_id", ID, nullable=True))
     op.create_index("ix_inbound_messages_campaign_id", "inbound_messages", ["campaign_id"])
@@ -235,6 +245,7 @@ def downgrade():
     op.drop_index("ix_inbound_messages_campaign_id", table_name="inbound_messages")
     op.drop_column("inbound_messages", "delivery_id")
     op.drop_column("inbound_messages", "campaign_id")
+    op.drop_index("ix_daily_usage_quota_days", table_name="daily_usage")
     op.drop_index("ix_deliveries_contact", table_name="deliveries")
     op.drop_column("deliveries", "retryable")
     op.drop_column("campaigns", "paused_by_id")
