@@ -13,8 +13,8 @@
   const SECOND_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400];
   const DAY_STEPS = [86400, 2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400];
   const dayTick = (seconds) => new Date(seconds * 1000).toISOString().slice(5, 10);
-  const timeTick = (seconds) =>
-    new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const timeTick = (zone) => (seconds) =>
+    new Date(seconds * 1000).toLocaleTimeString([], { timeZone: zone, hour: "2-digit", minute: "2-digit", second: "2-digit" });
 
   const charts = new Map(); // figure id -> { figure, json, plot, observer }
 
@@ -29,29 +29,30 @@
     return data.x.map(Number);
   }
 
-  function xText(kind) {
+  function xText(kind, zone) {
     if (kind === "days") return (u, value) => (value === null ? "—" : new Date(value * 1000).toISOString().slice(0, 10));
-    return (u, value) => (value === null ? "—" : new Date(value * 1000).toLocaleString());
+    return (u, value) => (value === null ? "—" : new Date(value * 1000).toLocaleString([], { timeZone: zone }));
   }
 
-  function options(data, width) {
+  // times read as the workspace's clock, like the table under the chart (not the browser's zone)
+  function options(data, width, zone) {
     const days = data.kind === "days";
     return {
       width: width,
       height: HEIGHT,
       // a day is a date, not an instant: keep it in UTC so 2026-03-05 reads 3/5 in every zone
-      tzDate: days ? (seconds) => uPlot.tzDate(new Date(seconds * 1000), "Etc/UTC") : (seconds) => new Date(seconds * 1000),
+      tzDate: (seconds) => uPlot.tzDate(new Date(seconds * 1000), days ? "Etc/UTC" : zone),
       scales: {
         x: { time: true },
         y: { range: (u, min, max) => [0, Math.max(1, max || 0)] },
       },
       axes: [
         // ticks on whole seconds (or whole days), never uPlot's sub-second default labels like ":10.000"
-        { incrs: days ? DAY_STEPS : SECOND_STEPS, values: (u, splits) => splits.map(days ? dayTick : timeTick) },
+        { incrs: days ? DAY_STEPS : SECOND_STEPS, values: (u, splits) => splits.map(days ? dayTick : timeTick(zone)) },
         { values: (u, splits) => splits.map((value) => (Number.isInteger(value) ? whole(value) : "")) },
       ],
       series: [
-        { label: days ? "Day" : "Time", value: xText(data.kind) },
+        { label: days ? "Day" : "Time", value: xText(data.kind, zone) },
         ...data.series.map((s, index) => ({
           label: s.label,
           stroke: colorOf(s.label, index),
@@ -88,7 +89,8 @@
     }
     canvas.replaceChildren();
     const columns = [xValues(data), ...data.series.map((s) => s.values)];
-    const plot = new uPlot(options(data, Math.max(canvas.clientWidth, 200)), columns, canvas);
+    const zone = figure.dataset.zone || "UTC";
+    const plot = new uPlot(options(data, Math.max(canvas.clientWidth, 200), zone), columns, canvas);
     const observer = new ResizeObserver(() => {
       const width = canvas.clientWidth;
       if (width > 0 && Math.abs(width - plot.width) > 1) plot.setSize({ width: width, height: HEIGHT });
