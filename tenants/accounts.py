@@ -216,8 +216,15 @@ def workspace_for(user: User, tenant_id: int) -> Workspace | None:
     return Workspace(*row) if row else None
 
 
-def add_member(email: str, role: Role) -> Membership:
-    """Add an existing user to the current tenant (not committed)."""
+def check_owner_change(actor_role: Role, *roles: Role) -> None:
+    """Only an owner makes, unmakes or adds an owner (an admin who could would take the workspace)."""
+    if Role.OWNER in roles and actor_role is not Role.OWNER:
+        raise AccountError("Only an owner can change who owns the workspace.")
+
+
+def add_member(actor_role: Role, email: str, role: Role) -> Membership:
+    """Add an existing user to the current tenant (not committed); only owners add owners."""
+    check_owner_change(actor_role, role)
     email = normalise_email(email)
     user = find_user(email)
     if user is None:
@@ -243,8 +250,7 @@ def _owners_left_without(membership: Membership) -> int:
 
 def change_role(actor_role: Role, membership: Membership, role: Role) -> None:
     """Give ``membership`` a new role; only owners make or unmake owners, and one owner always stays."""
-    if Role.OWNER in (role, membership.role) and actor_role is not Role.OWNER:
-        raise AccountError("Only an owner can change who owns the workspace.")
+    check_owner_change(actor_role, role, membership.role)
     if membership.role is Role.OWNER and role is not Role.OWNER and _owners_left_without(membership) == 0:
         raise AccountError("A workspace needs at least one owner.")
     if membership.role is not role:

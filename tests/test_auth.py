@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from tenants.db import db
@@ -118,3 +119,23 @@ def test_next_parameter_only_redirects_inside_crier(auth, client):
     auth.logout()
     data["csrf_token"] = auth.token()
     assert client.post("/login?next=/members", data=data).headers["Location"] == "/members"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/%09/evil.example",
+        "/%0a/x",
+        "/%0d%0a/evil.example",
+        "/ /evil.example",
+        "/\\evil.example",
+        "https://evil.example",
+    ],
+)
+def test_next_with_control_characters_or_a_host_goes_to_the_dashboard(auth, client, target):
+    """A tab or a newline is dropped by browsers (``/\\t/evil`` is ``//evil``): such targets are refused."""
+    auth.signup()
+    auth.logout()
+    data = {"csrf_token": auth.token(), "email": "owner@acme.example", "password": PASSWORD}
+    response = client.post(f"/login?next={target}", data=data)
+    assert (response.status_code, response.headers["Location"]) == (302, "/dashboard")

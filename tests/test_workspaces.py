@@ -115,3 +115,27 @@ def test_workspace_settings_set_the_phone_country_and_time_zone(app, auth, clien
         assert (acme.name, acme.timezone, acme.default_country) == ("Acme Brasil", "America/Sao_Paulo", "BR")
     bad = auth.post("/workspace/settings", {"name": "Acme", "timezone": "UTC", "default_country": "XX"})
     assert bad.status_code == 400
+
+
+def test_an_admin_cannot_add_an_owner_and_so_cannot_remove_the_real_one(app, auth, client, other_client):
+    """Only owners create owners (the rule a role change already had): an admin who could add a second
+    owner would have that owner remove the first."""
+    Auth(other_client).signup(email="adam@crier.example", workspace="Adam's")
+    mallory = app.test_client()
+    Auth(mallory).signup(email="mallory@crier.example", workspace="Mallory's")
+    auth.signup()
+    auth.post("/members", {"email": "adam@crier.example", "role": "admin"})
+    with app.app_context(), all_tenants(db.session):
+        acme_id = db.session.scalar(select(Tenant.id).where(Tenant.name == "Acme"))
+    adam = Auth(other_client)
+    adam.post(f"/workspaces/{acme_id}/switch")
+
+    refused = adam.post("/members", {"email": "mallory@crier.example", "role": "owner"})
+
+    assert refused.status_code == 400
+    assert "Only an owner can change who owns the workspace." in refused.get_data(as_text=True)
+    assert _membership_id(app, "mallory@crier.example", "Acme") is None
+    assert adam.post("/members", {"email": "mallory@crier.example", "role": "member"}).status_code == 200
+    assert (
+        auth.post("/members", {"email": "x@crier.example", "role": "owner"}).status_code == 400
+    )  # no account

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import unicodedata
+from urllib.parse import urlsplit
+
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
@@ -20,8 +23,19 @@ def _start_session(user) -> None:
 
 
 def _safe_next() -> str:
+    """Where to go after signing in: a path on this site only. Browsers drop tabs and newlines from
+    URLs (``/\t/evil.example`` becomes ``//evil.example``), so any control character or white space
+    is refused, then a target with a scheme or a host."""
     target = request.args.get("next", "")
-    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+    parts = urlsplit(target)
+    if (
+        target.startswith("/")
+        and not any(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in target)
+        and "\\" not in target
+        and not target.startswith("//")
+        and not parts.scheme
+        and not parts.netloc
+    ):
         return target
     return url_for("dashboard.index")
 

@@ -97,7 +97,7 @@ def add():
     form = AddMemberForm()
     if form.validate_on_submit():
         try:
-            membership = add_member(form.email.data, Role(form.role.data))
+            membership = add_member(g.workspace.role, form.email.data, Role(form.role.data))
         except AccountError as exc:
             form.email.errors = [*form.email.errors, str(exc)]
         else:
