@@ -67,7 +67,7 @@ from tenants.models import Tenant
 from tenants.pages import DeliveryPolicy, Page, PageState, ProviderKind
 from tenants.scoping import tenant
 from tenants.templating import CompiledTemplate, compile_template, contact_variables
-from tenants.usage import TENANT_SCOPE, DailyUsage, count_activity, left_today, page_scope
+from tenants.usage import TENANT_SCOPE, DailyUsage, count_activity, page_scope, room_today
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -918,24 +918,13 @@ class Slice:
 
     def daily_limit_reached(self) -> PauseReason | None:
         """Which daily limit stops this campaign today: the tenant's quota, the page's cap, or none."""
-        day = quota_day(self.tenant_row)
 
         def reached() -> PauseReason | None:
-            usage = DailyUsage.__table__
-            rows = dict(
-                db.session.execute(
-                    select(usage.c.scope, usage.c.used).where(
-                        usage.c.tenant_id == self.tenant_id, usage.c.day == day
-                    )
-                ).all()
-            )
+            room = room_today(self.tenant_row, self.page)
             db.session.commit()
-            if rows.get(TENANT_SCOPE, 0) >= self.tenant_row.daily_message_quota:
+            if room.quota_left == 0:
                 return PauseReason.QUOTA
-            cap = self.page.daily_cap
-            if cap is not None and rows.get(page_scope(self.page.id), 0) >= cap:
-                return PauseReason.PAGE_CAP
-            return None
+            return PauseReason.PAGE_CAP if room.cap_left == 0 else None
 
         return with_db_retry(reached, "reading the quota")
 
@@ -1466,7 +1455,7 @@ def _held_back_by_daily_limit(campaign_id: int, pending: int) -> int:
         return 0
     tenant_row = db.session.get(Tenant, campaign.tenant_id)
     page = db.session.get(Page, campaign.page_id) if campaign.page_id else None
-    held = max(0, pending - left_today(tenant_row, page))
+    held = max(0, pending - room_today(tenant_row, page).left)
     db.session.commit()
     return held
 

@@ -31,7 +31,7 @@ from tenants.db import db, utcnow
 from tenants.models import Tenant, TenantStatus
 from tenants.pages import Page
 from tenants.scoping import all_tenants, tenant
-from tenants.usage import left_today, today
+from tenants.usage import room_today
 
 
 def _target(campaign: Campaign) -> str:
@@ -82,29 +82,23 @@ def why_it_cannot_send_today(campaign: Campaign) -> str | None:
     """The daily limit that keeps a paused campaign from sending now, worded for the user."""
     tenant_row = db.session.get(Tenant, campaign.tenant_id)
     page = db.session.get(Page, campaign.page_id) if campaign.page_id else None
-    if tenant_row is None or left_today(tenant_row, page) > 0:
+    room = room_today(tenant_row, page) if tenant_row is not None else None
+    if room is None or room.left > 0:
         return None
-    now = today(tenant_row)
-    midnight = f"midnight ({tenant_row.timezone})"
-    if now.left == 0:
-        return (
-            f"It cannot send now: the workspace's daily quota is used up ({now.used:,} of "
-            f"{now.quota:,} today). The quota resets at {midnight}"
-            + (
-                ", and the campaign resumes by itself then."
-                if campaign.paused_reason in DAILY_LIMIT_PAUSES
-                else "."
-            )
+    if room.quota_left == 0:
+        said = (
+            f"It cannot send now: the workspace's daily quota is used up ({room.quota_used:,} of "
+            f"{room.quota:,} today). The quota resets"
         )
-    return (
-        f"It cannot send now: the page {page.name} has reached its daily cap of {page.daily_cap:,}. "
-        f"The cap resets at {midnight}"
-        + (
-            ", and the campaign resumes by itself then."
-            if campaign.paused_reason in DAILY_LIMIT_PAUSES
-            else "."
+    else:
+        said = (
+            f"It cannot send now: the page {page.name} has reached its daily cap of {room.cap:,}. "
+            "The cap resets"
         )
+    then = (
+        ", and the campaign resumes by itself then." if campaign.paused_reason in DAILY_LIMIT_PAUSES else "."
     )
+    return f"{said} at midnight ({tenant_row.timezone}){then}"
 
 
 def resume_campaign(campaign: Campaign) -> str | None:
@@ -249,7 +243,7 @@ def limits_changed(tenant_row: Tenant, now: datetime | None = None) -> dict[str,
     resumed: list[int] = []
     if tenant_row.is_active:
         with tenant(db.session, tenant_row.id):
-            if today(tenant_row, now).left == 0:
+            if room_today(tenant_row, None, now).quota_left == 0:
                 paused = pause_campaigns(
                     _campaign_ids(tenant_row.id, CampaignState.RUNNING),
                     PauseReason.QUOTA,

@@ -103,9 +103,9 @@ PAUSE_REASON_TEXT = {
     PauseReason.ERROR_THRESHOLD: "too many recent sends failed",
     PauseReason.SUSPENDED: "the workspace is suspended",
 }
+NOT_STARTED = (CampaignState.DRAFT, CampaignState.SCHEDULED)  # editable; nothing sent yet
 DAILY_LIMIT_PAUSES = (PauseReason.QUOTA, PauseReason.PAGE_CAP)
 """Pauses that end by themselves when the quota day rolls over (or the limit is raised)."""
-SELF_ENDING_PAUSES = (*DAILY_LIMIT_PAUSES, PauseReason.PAGE_THROTTLED)
 
 
 class Schedule(enum.StrEnum):
@@ -298,7 +298,7 @@ def apply_campaign_form(campaign: Campaign, fields: Mapping[str, Any], tenant: T
     """Validate the editor's fields and apply them to a draft or scheduled campaign."""
     if campaign.state is None:
         campaign.state = CampaignState.DRAFT
-    if campaign.state not in (CampaignState.DRAFT, CampaignState.SCHEDULED):
+    if campaign.state not in NOT_STARTED:
         raise CampaignError(f"A {campaign.state.value} campaign cannot be edited.")
     name = str(fields.get("name") or "").strip()
     if not name:

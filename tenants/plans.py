@@ -13,11 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import String, select
+from sqlalchemy import String, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
+from tenants.contacts import Contact
 from tenants.db import TimestampMixin, db
 from tenants.models import Tenant
+from tenants.pages import Page
 
 
 @dataclass(frozen=True)
@@ -139,8 +141,48 @@ def effective_limits(plan: Plan | None, overrides: Mapping[str, int]) -> dict[st
     }
 
 
-def tenant_limits(tenant: Tenant) -> dict[str, int]:
-    return {key: getattr(tenant, key) for key in LIMIT_KEYS}
+@dataclass(frozen=True)
+class LimitRow:
+    """One limit of a tenant: what applies, what its plan says, its own override, and how much of it is
+    taken (pages and contacts are a stock; the other limits are not)."""
+
+    key: str
+    label: str
+    unit: str
+    effective: int
+    plan_value: int | None
+    override: int | None
+    in_use: int | None
+
+    @property
+    def overridden(self) -> bool:
+        return self.override is not None
+
+
+def limits_of(tenant: Tenant) -> tuple[Plan | None, list[LimitRow]]:
+    """The tenant's plan and its five limits as the usage page and the console show them."""
+    plan = db.session.get(Plan, tenant.plan_id) if tenant.plan_id else None
+    overrides = tenant.limit_overrides or {}
+    in_use = {
+        "max_pages": db.session.scalar(
+            select(func.count()).select_from(Page).where(Page.tenant_id == tenant.id)
+        ),
+        "max_contacts": db.session.scalar(
+            select(func.count()).select_from(Contact).where(Contact.tenant_id == tenant.id)
+        ),
+    }
+    return plan, [
+        LimitRow(
+            spec.key,
+            spec.label,
+            spec.unit,
+            getattr(tenant, spec.key),
+            getattr(plan, spec.key) if plan is not None else None,
+            int(overrides[spec.key]) if spec.key in overrides else None,
+            in_use.get(spec.key),
+        )
+        for spec in LIMITS
+    ]
 
 
 def apply_limits(tenant: Tenant, plan: Plan | None = None) -> dict[str, tuple[int, int]]:

@@ -24,7 +24,7 @@ from tenants.contacts import Contact
 from tenants.db import db
 from tenants.models import Membership, Role, Tenant, TenantStatus, User
 from tenants.pages import Page
-from tenants.plans import LIMITS, Plan
+from tenants.plans import LimitRow, Plan, limits_of
 from tenants.scoping import all_tenants, tenant
 from tenants.usage import (
     DailyUsage,
@@ -246,35 +246,6 @@ def tenant_by_slug(slug: str) -> Tenant | None:
 
 
 @dataclass(frozen=True)
-class LimitRow:
-    """One limit of a tenant: what applies, what its plan says, and the tenant's own override."""
-
-    key: str
-    label: str
-    unit: str
-    effective: int
-    plan_value: int | None
-    override: int | None
-    in_use: int | None  # pages or contacts the tenant has, against the limit
-
-
-def limit_rows(tenant_row: Tenant, plan: Plan | None, in_use: dict[str, int] | None = None) -> list[LimitRow]:
-    overrides = tenant_row.limit_overrides or {}
-    return [
-        LimitRow(
-            spec.key,
-            spec.label,
-            spec.unit,
-            getattr(tenant_row, spec.key),
-            getattr(plan, spec.key) if plan is not None else None,
-            int(overrides[spec.key]) if spec.key in overrides else None,
-            (in_use or {}).get(spec.key),
-        )
-        for spec in LIMITS
-    ]
-
-
-@dataclass(frozen=True)
 class TenantFacts:
     """Everything the console's tenant page shows."""
 
@@ -305,7 +276,7 @@ def tenant_facts(tenant_id: int) -> TenantFacts | None:
         tenant_row = db.session.get(Tenant, tenant_id)
         if tenant_row is None:
             return None
-        plan = db.session.get(Plan, tenant_row.plan_id) if tenant_row.plan_id else None
+        plan, limits = limits_of(tenant_row)
         members = [
             (email, role)
             for email, role in db.session.execute(
@@ -328,12 +299,10 @@ def tenant_facts(tenant_id: int) -> TenantFacts | None:
         used_now = today(tenant_row)
         days = usage_by_day(tenant_row)
         page_names = dict(db.session.execute(select(Page.id, Page.name)).all())
-        contacts = db.session.scalar(select(func.count()).select_from(Contact))
-    in_use = {"max_pages": len(page_names), "max_contacts": contacts}
     return TenantFacts(
         tenant_row,
         plan,
-        limit_rows(tenant_row, plan, in_use),
+        limits,
         used_now,
         days,
         page_names,

@@ -35,7 +35,6 @@ from tenants.spreadsheet import neutralise_row
 
 PAGE_SIZE = 50
 EXPORT_BATCH = 1000
-REPORT_STATES = tuple(DeliveryState)
 STATE_LABELS = {
     DeliveryState.PENDING: "pending",
     DeliveryState.IN_FLIGHT: "being sent",

@@ -24,11 +24,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tenants.campaigns import next_midnight, quota_day
-from tenants.contacts import Contact
 from tenants.db import db, utcnow
 from tenants.models import Tenant
 from tenants.pages import Page, ProviderKind
-from tenants.plans import LIMITS, Plan
 
 TENANT_SCOPE = "tenant"
 QUOTA_ROWS = "scope = 'tenant'"  # the quota index's predicate, which queries state in the same words
@@ -159,7 +157,7 @@ class Today:
         return min(100.0, 100.0 * self.used / self.quota) if self.quota else 100.0
 
 
-def usage_on(tenant: Tenant, day: date) -> dict[str, int]:
+def usage_on(tenant: Any, day: date) -> dict[str, int]:
     """Scope to messages counted on ``day``."""
     return dict(
         db.session.execute(
@@ -200,14 +198,45 @@ def today(tenant: Tenant, now: datetime | None = None) -> Today:
     )
 
 
-def left_today(tenant: Tenant, page: Page | None, now: datetime | None = None) -> int:
-    """Messages that may still go today through ``page``: the quota's rest, and the page cap's."""
-    day = quota_day(tenant, now or utcnow())
-    used = usage_on(tenant, day)
-    left = max(0, tenant.daily_message_quota - used.get(TENANT_SCOPE, 0))
-    if page is not None and page.daily_cap is not None:
-        left = min(left, max(0, page.daily_cap - used.get(page_scope(page.id), 0)))
-    return left
+@dataclass(frozen=True)
+class Room:
+    """What today's quota and the page's cap still let through: the one rule for "may it send today"
+    (dispatch's pause, a resume, the forecast and the live ETA all read it)."""
+
+    quota: int
+    quota_used: int
+    cap: int | None  # None: the page has no cap
+    cap_used: int
+
+    @property
+    def quota_left(self) -> int:
+        return max(0, self.quota - self.quota_used)
+
+    @property
+    def cap_left(self) -> int | None:
+        return None if self.cap is None else max(0, self.cap - self.cap_used)
+
+    @property
+    def left(self) -> int:
+        return self.quota_left if self.cap_left is None else min(self.quota_left, self.cap_left)
+
+    @property
+    def limited_by(self) -> str:
+        """What holds messages back first: "quota" or "page cap"."""
+        return "page cap" if self.cap_left is not None and self.cap_left < self.quota_left else "quota"
+
+    @property
+    def per_day(self) -> int:
+        return self.quota if self.cap is None else min(self.quota, self.cap)
+
+
+def room_today(tenant: Any, page: Any | None, now: datetime | None = None) -> Room:
+    """Today's room for ``page``'s sends: ``tenant`` and ``page`` need only their ids and limits (the
+    engine passes its own read-once facts)."""
+    used = usage_on(tenant, quota_day(tenant, now or utcnow()))
+    cap = page.daily_cap if page is not None else None
+    cap_used = used.get(page_scope(page.id), 0) if cap is not None else 0
+    return Room(tenant.daily_message_quota, used.get(TENANT_SCOPE, 0), cap, cap_used)
 
 
 @dataclass(frozen=True)
@@ -230,20 +259,11 @@ class Forecast:
 
 def forecast(tenant: Tenant, page: Page | None, recipients: int, now: datetime | None = None) -> Forecast:
     """Split ``recipients`` into what goes today and what waits for later days' quota and cap."""
-    day = quota_day(tenant, now or utcnow())
-    used = usage_on(tenant, day)
-    quota_left = max(0, tenant.daily_message_quota - used.get(TENANT_SCOPE, 0))
-    per_day, cap_left, limited_by = tenant.daily_message_quota, None, "quota"
-    if page is not None and page.daily_cap is not None:
-        cap_left = max(0, page.daily_cap - used.get(page_scope(page.id), 0))
-        per_day = min(per_day, page.daily_cap)
-    left = quota_left if cap_left is None else min(quota_left, cap_left)
-    if cap_left is not None and cap_left < quota_left:
-        limited_by = "page cap"
-    sent_today = min(recipients, left)
+    room = room_today(tenant, page, now)
+    sent_today = min(recipients, room.left)
     later = recipients - sent_today
-    days = -(-later // per_day) if later and per_day > 0 else (0 if not later else 1)
-    return Forecast(recipients, sent_today, later, days, limited_by if later else None)
+    days = (-(-later // room.per_day) if room.per_day > 0 else 1) if later else 0
+    return Forecast(recipients, sent_today, later, days, room.limited_by if later else None)
 
 
 # --------------------------------------------------------------------------- history
@@ -428,41 +448,3 @@ def usage_csv_rows(tenant: Tenant, days: int = 30, now: datetime | None = None) 
         if not shown:
             rows.append((day.day.isoformat(), "", "", 0, 0, 0, day.used))
     return rows
-
-
-@dataclass(frozen=True)
-class LimitUse:
-    """One of the plan's limits as it applies to the tenant, and how much of it is taken."""
-
-    key: str
-    label: str
-    unit: str
-    value: int
-    used: int | None  # pages and contacts: how many there are; other limits are not a stock
-    overridden: bool  # set for this tenant alone, not the plan's
-
-
-def limits_in_use(tenant: Tenant) -> tuple[str | None, list[LimitUse]]:
-    """The tenant's plan name (None: limits of its own) and its five effective limits."""
-    plan_name = (
-        db.session.scalar(select(Plan.name).where(Plan.id == tenant.plan_id)) if tenant.plan_id else None
-    )
-    stock = {
-        "max_pages": db.session.scalar(select(func.count(Page.id)).where(Page.tenant_id == tenant.id)) or 0,
-        "max_contacts": db.session.scalar(
-            select(func.count(Contact.id)).where(Contact.tenant_id == tenant.id)
-        )
-        or 0,
-    }
-    overrides = tenant.limit_overrides or {}
-    return plan_name, [
-        LimitUse(
-            spec.key,
-            spec.label,
-            spec.unit,
-            getattr(tenant, spec.key),
-            stock.get(spec.key),
-            spec.key in overrides,
-        )
-        for spec in LIMITS
-    ]

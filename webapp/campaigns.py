@@ -21,6 +21,7 @@ from tasks import channel_checks, lifecycle
 from tenants.campaigns import (
     DAILY_LIMIT_PAUSES,
     EXCLUSION_TEXT,
+    NOT_STARTED,
     Campaign,
     CampaignError,
     CampaignState,
@@ -60,7 +61,6 @@ bp = Blueprint("campaigns", __name__)
 CAMPAIGNS_PER_PAGE = 25
 LATEST_PROBLEMS = 5
 LATEST_REPLIES = 20
-NOT_STARTED = (CampaignState.DRAFT, CampaignState.SCHEDULED)
 LOCAL_INPUT_FORMAT = "%Y-%m-%dT%H:%M"  # what <input type="datetime-local"> sends
 ID_TEXT = re.compile(r"[0-9]{1,12}")
 MAX_ID = 2**31 - 1  # ids are INTEGER columns
@@ -159,7 +159,7 @@ def _still_editable(campaign_id: int) -> bool:
     that happened since it was read wins, and this edit is not written over it)."""
     with db.session.no_autoflush:  # the edit must not be written before the row is locked and checked
         state = db.session.scalar(select(Campaign.state).where(Campaign.id == campaign_id).with_for_update())
-    return state in (CampaignState.DRAFT, CampaignState.SCHEDULED)
+    return state in NOT_STARTED
 
 
 def _launch(campaign: Campaign) -> tuple[str, str]:
@@ -339,7 +339,7 @@ def _act(campaign_id: int, action: Callable[[Campaign], tuple[str, str]]):
 
 def _percents(campaigns: list[Campaign]) -> dict[int, float]:
     """Progress of each campaign, from one grouped count of their deliveries."""
-    started = [c for c in campaigns if c.state not in (CampaignState.DRAFT, CampaignState.SCHEDULED)]
+    started = [c for c in campaigns if c.state not in NOT_STARTED]
     counts: dict[int, dict[str, int]] = {
         c.id: {**{s.value: 0 for s in DeliveryState}, "replied": 0} for c in started
     }

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-import io
-
 from flask import (
     Blueprint,
-    Response,
     abort,
     flash,
     g,
     redirect,
     render_template,
     request,
-    stream_with_context,
     url_for,
 )
 
@@ -41,8 +36,7 @@ from tenants.contact_book import (
 from tenants.contacts import Contact, ContactList, Segment
 from tenants.db import db
 from tenants.reports import STATE_LABELS, contact_history
-from tenants.scoping import tenant
-from webapp.rendering import render_page
+from webapp.rendering import csv_download, render_page
 from webapp.reports import local_moment
 from webapp.tenancy import member_required
 
@@ -164,23 +158,7 @@ def edit(contact_id: int):
 def export():
     """Matching contacts as CSV that is safe to open in a spreadsheet, streamed batch by batch."""
     filters, tenant_id = _filters(), g.workspace.tenant.id
-
-    def lines():
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        with tenant(db.session, tenant_id):  # the stream may run in a fresh session, after the view returned
-            for row in export_rows(filters, tenant_id):
-                writer.writerow(row)
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
-
-    filename = f"{g.workspace.tenant.slug}-contacts.csv"
-    return Response(
-        stream_with_context(lines()),
-        mimetype="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-    )
+    return csv_download(lambda: export_rows(filters, tenant_id), f"{g.workspace.tenant.slug}-contacts.csv")
 
 
 @bp.get("/contacts/<int:contact_id>")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Response, g, make_response, render_template
+from flask import Response, g, make_response, render_template, stream_with_context
 from htmx_flask import request
 from jinja2_fragments.flask import render_block
 
 from tenants.campaigns import tenant_zone
+from tenants.db import db
+from tenants.scoping import tenant
 
 
 def render_page(template_name: str, block: str, status: int = 200, **context: Any) -> Response:
@@ -29,3 +34,26 @@ def chart_time(epoch_seconds: float) -> str:
     workspace = g.get("workspace")
     zone = tenant_zone(workspace.tenant) if workspace is not None else UTC
     return datetime.fromtimestamp(epoch_seconds, UTC).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def csv_download(rows: Callable[[], Iterable[Iterable[Any]]], filename: str) -> Response:
+    """A CSV attachment streamed row by row from ``rows()`` (already spreadsheet-safe), read for the
+    current workspace: the stream runs after the view returned, in a session of its own. Exports name
+    people, so they are never cached."""
+    tenant_id = g.workspace.tenant.id
+
+    def lines() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        with tenant(db.session, tenant_id):
+            for row in rows():
+                writer.writerow(row)
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+
+    return Response(
+        stream_with_context(lines()),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"},
+    )

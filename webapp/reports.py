@@ -6,14 +6,11 @@ format times in the workspace's zone and keep the answers out of shared caches (
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterator
 from datetime import datetime
 
-from flask import Blueprint, Response, abort, g, request, stream_with_context
+from flask import Blueprint, Response, abort, g, request
 
-from tenants.campaigns import Campaign, CampaignState, DeliveryState, tenant_zone
+from tenants.campaigns import NOT_STARTED, Campaign, DeliveryState, tenant_zone
 from tenants.db import db
 from tenants.reports import (
     STATE_LABELS,
@@ -23,13 +20,10 @@ from tenants.reports import (
     state_counts,
     timeline,
 )
-from tenants.scoping import tenant
-from webapp.rendering import render_page
+from webapp.rendering import csv_download, render_page
 from webapp.tenancy import member_required
 
 bp = Blueprint("reports", __name__)
-
-NOT_STARTED = (CampaignState.DRAFT, CampaignState.SCHEDULED)
 
 
 def _state_filter() -> DeliveryState | None:
@@ -108,24 +102,10 @@ def export(campaign_id: int):
     """Every matching recipient as CSV, safe to open in a spreadsheet, streamed row by row."""
     campaign = db.get_or_404(Campaign, campaign_id)
     state, error_code = _state_filter(), _error_filter()
-    tenant_id, zone = g.workspace.tenant.id, tenant_zone(g.workspace.tenant)
-
-    def lines() -> Iterator[str]:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        with tenant(db.session, tenant_id):  # the stream runs after the view returned
-            for row in export_rows(campaign, zone, state, error_code):
-                writer.writerow(row)
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
-
-    response = Response(
-        stream_with_context(lines()),
-        mimetype="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="campaign-{campaign.id}-recipients.csv"'},
+    zone = tenant_zone(g.workspace.tenant)
+    return csv_download(
+        lambda: export_rows(campaign, zone, state, error_code), f"campaign-{campaign.id}-recipients.csv"
     )
-    return _private(response)
 
 
 @bp.get("/campaigns/<int:campaign_id>/timeline", endpoint="timeline")

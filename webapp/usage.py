@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import csv
-import io
+from collections.abc import Iterator
 
-from flask import Blueprint, Response, g, render_template
+from flask import Blueprint, g, render_template
 
 from tenants.campaigns import tenant_zone
+from tenants.plans import limits_of
 from tenants.spreadsheet import neutralise_row
 from tenants.usage import (
     USAGE_CSV_HEADER,
-    limits_in_use,
     pages_in_usage,
     today,
     usage_by_day,
     usage_csv_rows,
 )
+from webapp.rendering import csv_download
 from webapp.tenancy import member_required
 
 bp = Blueprint("usage", __name__)
@@ -28,11 +28,11 @@ HISTORY_DAYS = 30
 @member_required
 def index():
     tenant = g.workspace.tenant
-    plan_name, limits = limits_in_use(tenant)
+    plan, limits = limits_of(tenant)
     history = usage_by_day(tenant, HISTORY_DAYS)
     return render_template(
         "usage/index.html",
-        plan_name=plan_name,
+        plan_name=plan.name if plan is not None else None,
         limits=limits,
         today=today(tenant),
         zone=tenant_zone(tenant),
@@ -46,15 +46,10 @@ def index():
 def export():
     """The last 30 days per day and page, safe to open in a spreadsheet; never cached."""
     tenant = g.workspace.tenant
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(USAGE_CSV_HEADER)
-    writer.writerows(neutralise_row(row) for row in usage_csv_rows(tenant, HISTORY_DAYS))
-    return Response(
-        buffer.getvalue(),
-        mimetype="text/csv",
-        headers={
-            "Content-Disposition": f'attachment; filename="{tenant.slug}-usage.csv"',
-            "Cache-Control": "no-store",
-        },
-    )
+
+    def rows() -> Iterator[list[str]]:
+        yield neutralise_row(USAGE_CSV_HEADER)
+        for row in usage_csv_rows(tenant, HISTORY_DAYS):
+            yield neutralise_row(row)
+
+    return csv_download(rows, f"{tenant.slug}-usage.csv")
