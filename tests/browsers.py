@@ -95,3 +95,11 @@ def contacts_on_a_list(app, workspace: str, list_name: str, phones: list[str]) -
             [{"tenant_id": tenant_id, "list_id": people.id, "contact_id": i} for i in ids],
         )
         db.session.commit()
+
+
+def write_campaign(page, name: str, through: str, message: str, list_name: str) -> None:
+    """From the campaign editor: fill in a campaign through the page called ``through`` to one list."""
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Send through").select_option(label=f"{through} (WhatsApp Cloud API)")
+    page.get_by_label("Message", exact=True).fill(message)
+    page.get_by_label("Lists").select_option(label=list_name)

@@ -13,7 +13,7 @@ from tenants.accounts import make_platform_admin
 from tenants.campaigns import Campaign, CampaignState
 from tenants.db import db
 from tenants.scoping import all_tenants
-from tests.browsers import connect_sandbox_whatsapp, contacts_on_a_list, sign_up
+from tests.browsers import connect_sandbox_whatsapp, contacts_on_a_list, sign_up, write_campaign
 from tests.conftest import ARTIFACTS
 
 RECIPIENTS = 600
@@ -70,10 +70,7 @@ def test_the_operator_raises_a_quota_live_suspends_a_sending_tenant_and_the_audi
         # the tenant starts a campaign that would take half a minute
         owner.get_by_role("link", name="Campaigns").click()
         owner.get_by_role("button", name="New campaign").click()
-        owner.get_by_label("Name").fill("Big send")
-        owner.get_by_label("Send through").select_option(label="Ops WhatsApp (WhatsApp Cloud API)")
-        owner.get_by_label("Message", exact=True).fill("Hello {{first_name}}")
-        owner.get_by_label("Lists").select_option(label="Everyone")
+        write_campaign(owner, "Big send", "Ops WhatsApp", "Hello {{first_name}}", "Everyone")
         owner.get_by_role("button", name="Save campaign").click()
         owner.get_by_role("button", name="Start now").click()
         deadline = time.monotonic() + 20

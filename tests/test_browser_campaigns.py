@@ -9,7 +9,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browsers import connect_sandbox_whatsapp, contacts_on_a_list, sign_up
+from tests.browsers import connect_sandbox_whatsapp, contacts_on_a_list, sign_up, write_campaign
 from tests.conftest import ARTIFACTS
 
 RECIPIENTS = 300
@@ -42,10 +42,7 @@ def test_start_a_campaign_watch_it_complete_live_then_pause_and_resume_a_copy(
     page.get_by_role("link", name="Campaigns").click()
     expect(page.get_by_text("No campaigns yet.")).to_be_visible()
     page.get_by_role("button", name="New campaign").click()
-    page.get_by_label("Name").fill("Launch day")
-    page.get_by_label("Send through").select_option(label="Sandbox WhatsApp (WhatsApp Cloud API)")
-    page.get_by_label("Message", exact=True).fill("Hi {{firstName}}, we launched!")
-    page.get_by_label("Lists").select_option(label="Launch list")
+    write_campaign(page, "Launch day", "Sandbox WhatsApp", "Hi {{firstName}}, we launched!", "Launch list")
     expect(page.get_by_test_id("audience-count")).to_contain_text(
         f"{RECIPIENTS} will receive it; excluded: 0 opted out"
     )

@@ -11,7 +11,7 @@ from playwright.sync_api import Page, expect
 from tenants.db import db
 from tenants.models import Tenant
 from tenants.scoping import all_tenants, tenant
-from tests.browsers import connect_sandbox_whatsapp, contacts_on_a_list, sign_up
+from tests.browsers import connect_sandbox_whatsapp, contacts_on_a_list, sign_up, write_campaign
 from tests.conftest import ARTIFACTS
 from tests.factories import make_page, make_segment, tenant_named
 
@@ -50,10 +50,9 @@ def _add_contacts_and_more_pages(app) -> None:
 
 def _start_a_campaign(tab: Page, live_server: str) -> None:
     tab.goto(f"{live_server}/campaigns/new")
-    tab.get_by_label("Name").fill("Dashboard day")
-    tab.get_by_label("Send through").select_option(label="Sandbox WhatsApp (WhatsApp Cloud API)")
-    tab.get_by_label("Message", exact=True).fill("Hi {{firstName}}, look at the dashboard!")
-    tab.get_by_label("Lists").select_option(label="Dash list")
+    write_campaign(
+        tab, "Dashboard day", "Sandbox WhatsApp", "Hi {{firstName}}, look at the dashboard!", "Dash list"
+    )
     tab.get_by_role("button", name="Save campaign").click()
     expect(tab.get_by_test_id("campaign-state")).to_have_text("draft")
     tab.get_by_role("button", name="Start now").click()

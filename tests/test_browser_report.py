@@ -8,7 +8,7 @@ import re
 
 from playwright.sync_api import Page, expect
 
-from tests.browsers import contacts_on_a_list
+from tests.browsers import contacts_on_a_list, write_campaign
 from tests.conftest import ARTIFACTS
 from tests.test_browser_campaigns import _sign_up_and_connect_a_sandbox_page
 
@@ -29,10 +29,7 @@ def test_the_report_shows_who_failed_and_the_csv_has_every_recipient(
 
     page.get_by_role("link", name="Campaigns").click()
     page.get_by_role("button", name="New campaign").click()
-    page.get_by_label("Name").fill("Report day")
-    page.get_by_label("Send through").select_option(label="Sandbox WhatsApp (WhatsApp Cloud API)")
-    page.get_by_label("Message", exact=True).fill("Hi {{firstName}}!")
-    page.get_by_label("Lists").select_option(label="Report list")
+    write_campaign(page, "Report day", "Sandbox WhatsApp", "Hi {{firstName}}!", "Report list")
     expect(page.get_by_test_id("audience-count")).to_contain_text(f"{RECIPIENTS} will receive it")
     page.get_by_role("button", name="Save campaign").click()
     page.get_by_role("button", name="Start now").click()
