@@ -193,6 +193,11 @@ def authenticate(email: str, password: str, ip: str) -> User:
     return user
 
 
+def end_sessions(user: User) -> None:
+    """End every session the user has, in every browser (not committed): their cookies stop working."""
+    user.session_version = (user.session_version or 1) + 1
+
+
 def workspaces_of(user: User) -> list[Workspace]:
     """Every tenant the user belongs to, by name."""
     with all_tenants(db.session):

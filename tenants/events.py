@@ -23,12 +23,17 @@ class WebhookEvent(TenantScoped, db.Model):
     """A callback exactly as it arrived (after its signature was checked), until a worker reads it."""
 
     __tablename__ = "webhook_events"
-    __table_args__ = (Index("ix_webhook_events_unprocessed", "processed_at", "id"),)
+    __table_args__ = (
+        Index("ix_webhook_events_unprocessed", "processed_at", "id"),
+        # a replayed request (same page, signature, timestamp and body) is stored once
+        Index("uq_webhook_events_page_dedupe", "page_id", "dedupe_key", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     page_id: Mapped[int] = mapped_column(ForeignKey("pages.id", ondelete="CASCADE"), index=True)
     kind: Mapped[ProviderKind] = mapped_column(str_enum(ProviderKind, "provider_kind"))
     body: Mapped[str] = mapped_column(Text)
+    dedupe_key: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(String(500))

@@ -71,8 +71,19 @@ class User(UserMixin, TimestampMixin, db.Model):
     password_hash: Mapped[str] = mapped_column(String(255))
     is_platform_admin: Mapped[bool] = mapped_column(default=False)
     last_login_at: Mapped[datetime | None]
+    # bumped to end every session of the user (sign-out, password change, removal): see get_id
+    session_version: Mapped[int] = mapped_column(default=1, server_default="1")
+    email_verified_at: Mapped[datetime | None]
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="user", cascade="all, delete-orphan")
+
+    def get_id(self) -> str:
+        """The session's user id carries the session version, so a bumped version ends old sessions."""
+        return f"{self.id}:{self.session_version}"
+
+    @property
+    def email_verified(self) -> bool:
+        return self.email_verified_at is not None
 
 
 class Membership(TenantScoped, TimestampMixin, db.Model):
@@ -87,6 +98,24 @@ class Membership(TenantScoped, TimestampMixin, db.Model):
 
     tenant: Mapped[Tenant] = relationship(back_populates="memberships")
     user: Mapped[User] = relationship(back_populates="memberships")
+
+
+class Invitation(TenantScoped, TimestampMixin, db.Model):
+    """An invitation by email to join a tenant; its link carries a token kept here only as a digest."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (Index("ix_invitations_tenant_email", "tenant_id", "email"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254))
+    role: Mapped[Role] = mapped_column(str_enum(Role, "membership_role"), default=Role.MEMBER)
+    token_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    invited_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    expires_at: Mapped[datetime]
+    sent_at: Mapped[datetime] = mapped_column(default=utcnow)
+    accepted_at: Mapped[datetime | None]
+    accepted_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    revoked_at: Mapped[datetime | None]
 
 
 class LoginFailure(db.Model):

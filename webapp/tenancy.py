@@ -76,9 +76,14 @@ def init_app(app: Flask) -> None:
     login_manager.session_protection = "basic"
 
     @login_manager.user_loader
-    def load_user(user_id: str) -> User | None:
+    def load_user(session_user_id: str) -> User | None:
+        """The session's user, unless its session version was bumped since (see ``User.get_id``)."""
+        user_id, _, version = session_user_id.partition(":")
+        if not (user_id.isdigit() and version.isdigit()):
+            return None
         with all_tenants(db.session):
-            return db.session.get(User, int(user_id)) if user_id.isdigit() else None
+            user = db.session.get(User, int(user_id))
+        return user if user is not None and user.session_version == int(version) else None
 
     app.before_request(_bind_request_tenant)
 
