@@ -270,7 +270,8 @@ def change_role(actor_role: Role, membership: Membership, role: Role) -> None:
 
 
 def remove_member(actor_role: Role, membership: Membership) -> None:
-    """Remove ``membership`` from its tenant, keeping at least one owner."""
+    """Remove ``membership`` from its tenant, keeping at least one owner, and end the removed user's
+    sessions (a saved cookie would otherwise still carry them into the workspace)."""
     if membership.role is Role.OWNER and actor_role is not Role.OWNER:
         raise AccountError("Only an owner can remove an owner.")
     if membership.role is Role.OWNER and _owners_left_without(membership) == 0:
@@ -281,6 +282,7 @@ def remove_member(actor_role: Role, membership: Membership) -> None:
         target=f"member {membership.user.email}",
         before={"role": membership.role.value},
     )
+    end_sessions(membership.user)
     db.session.delete(membership)
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat, ValidationResult
@@ -265,3 +267,22 @@ def _split_country_code(digits: str) -> tuple[int, str]:
 
 
 _FAST = _FastValidator()
+
+
+@cache
+def _countries_by_timezone() -> dict[str, str]:
+    """Each time zone's country from the IANA database's ``zone.tab`` (shipped by the tzdata package)."""
+    table = (files("tzdata.zoneinfo") / "zone.tab").read_text(encoding="utf-8")
+    countries = {}
+    for line in table.splitlines():
+        if line and not line.startswith("#"):
+            country, _, zone, *_ = line.split("\t")
+            countries[zone] = country
+    return countries
+
+
+def country_for_timezone(timezone: str) -> str | None:
+    """The country a time zone belongs to (``America/Sao_Paulo`` → ``BR``), to propose for national
+    phone numbers; None for zones of no one country (``UTC``) or that phonenumbers does not know."""
+    country = _countries_by_timezone().get(timezone)
+    return country if country in phonenumbers.SUPPORTED_REGIONS else None

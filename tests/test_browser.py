@@ -7,7 +7,10 @@ from pathlib import Path
 
 from playwright.sync_api import expect
 
+from tests.browsers import sign_up
 from tests.conftest import ARTIFACTS, PASSWORD
+from tests.test_realtime import Browser
+from tests.test_sessions import join
 
 
 def test_sign_up_see_dashboard_check_workers_sign_out_and_in(live_server, worker_process, page):
@@ -130,3 +133,25 @@ def test_import_the_messy_csv_and_watch_it_finish(live_server, worker_process, p
     assert rejected[0] == "line,reason,row" and len(rejected) >= 7
     page.get_by_role("link", name="See the imported contacts").click()
     expect(page.get_by_test_id("contact-count")).to_have_text("164 contacts")
+
+
+def test_a_removed_members_open_page_loses_its_live_connection(app, live_server, worker_process, page):
+    owner = Browser(live_server, "alice@acme.example", "Acme")
+    try:
+        sign_up(page, live_server, "Bravo", "bob@bravo.example")
+        membership_id = join(app, "bob@bravo.example", "Acme")
+        page.reload()
+        page.locator("#workspace-switcher summary").click()
+        page.get_by_role("button", name="Acme").click()
+        expect(page.get_by_text("Now working in Acme.")).to_be_visible()
+        live = page.locator("#live-status")
+        expect(live).to_have_attribute("data-state", "live")
+
+        assert owner.post(f"/members/{membership_id}/remove").status_code == 302
+
+        expect(live).to_have_attribute("data-state", "offline", timeout=5000)
+        expect(live).to_have_attribute("title", re.compile("session ended"))
+        page.reload()
+        expect(page).to_have_url(re.compile(r"/login"))
+    finally:
+        owner.close()

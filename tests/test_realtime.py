@@ -28,11 +28,22 @@ class Browser:
             },
         )
         assert response.status_code == 302, response.text
+        self.base_url = base_url
         self.pongs: list[dict] = []
+        self.connect()
+
+    def connect(self) -> None:
+        """(Re)open the socket with the browser's current cookie."""
         self.socket = socketio.Client(reconnection=False)
         self.socket.on("worker:pong", self.pongs.append)
         cookie = "; ".join(f"{name}={value}" for name, value in self.http.cookies.items())
-        self.socket.connect(base_url, headers={"Cookie": cookie}, transports=["websocket"], wait_timeout=10)
+        self.socket.connect(
+            self.base_url, headers={"Cookie": cookie}, transports=["websocket"], wait_timeout=10
+        )
+
+    def post(self, path: str) -> httpx.Response:
+        token = csrf_token(self.http.get("/dashboard").text)
+        return self.http.post(path, data={"csrf_token": token})
 
     def click_check_workers(self) -> httpx.Response:
         token = csrf_token(self.http.get("/dashboard").text)
@@ -62,6 +73,65 @@ def test_worker_event_reaches_only_the_tenants_own_browsers(live_server, worker_
     finally:
         alice.close()
         bob.close()
+
+
+def _wait_for(check, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return check()
+
+
+def _pong_heard_by(clicker: Browser, listener: Browser) -> bool:
+    listener.pongs.clear()
+    assert clicker.click_check_workers().status_code == 200
+    return _wait_for(lambda: bool(listener.pongs), 15)
+
+
+def test_removal_closes_the_members_sockets_and_their_cookie_cannot_reopen_one(
+    app, live_server, worker_process
+):
+    from tests.test_sessions import join
+
+    alice = Browser(live_server, "alice@acme.example", "Acme")
+    bob = Browser(live_server, "bob@bravo.example", "Bravo")
+    try:
+        membership_id = join(app, "bob@bravo.example", "Acme")
+        switch = next(part for part in bob.http.get("/dashboard").text.split('"') if part.endswith("/switch"))
+        assert bob.post(switch).status_code == 302
+        bob.socket.disconnect()
+        bob.connect()
+        assert _pong_heard_by(alice, bob), "Bob, a member of Acme, did not hear Acme's events"
+
+        # a role change closes the socket too; the session lives on, so the page reconnects
+        token = csrf_token(alice.http.get(f"/members/{membership_id}").text)
+        answer = alice.http.post(f"/members/{membership_id}", data={"csrf_token": token, "role": "admin"})
+        assert answer.status_code == 302
+        assert _wait_for(lambda: not bob.socket.connected), "a role change left the old socket open"
+        bob.connect()
+        assert bob.socket.connected
+
+        assert alice.post(f"/members/{membership_id}/remove").status_code == 302
+        assert _wait_for(lambda: not bob.socket.connected, 5), "the removed member's socket stayed open"
+        bob.pongs.clear()
+        assert _pong_heard_by(alice, alice)
+        time.sleep(1.0)
+        assert bob.pongs == [], "the removed member still heard the workspace's events"
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            bob.connect()
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_signing_out_closes_the_users_sockets(live_server):
+    alice = Browser(live_server, "alice@acme.example", "Acme")
+    try:
+        assert alice.socket.connected
+        assert alice.post("/logout").status_code == 302
+        assert _wait_for(lambda: not alice.socket.connected, 5), "the socket outlived signing out"
+    finally:
+        alice.close()
 
 
 def test_socket_connection_requires_a_signed_in_user(live_server):

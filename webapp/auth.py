@@ -8,8 +8,10 @@ from urllib.parse import urlsplit
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
-from tenants.accounts import AccountError, authenticate, sign_up
+from tenants.accounts import AccountError, authenticate, end_sessions, sign_up
+from tenants.db import db
 from webapp.forms import LoginForm, SignupForm
+from webapp.realtime import cut_off
 from webapp.tenancy import choose_workspace
 
 bp = Blueprint("auth", __name__)
@@ -84,7 +86,12 @@ def login():
 @bp.post("/logout")
 @login_required
 def logout():
+    """Sign out everywhere: every saved cookie of this user stops working and their sockets close."""
+    user_id = current_user.id
+    end_sessions(current_user)
+    db.session.commit()
     logout_user()
     session.clear()
+    cut_off(user_id)
     flash("You are signed out.", "info")
     return redirect(url_for("auth.login"))

@@ -18,6 +18,7 @@ from tenants.accounts import (
 from tenants.db import db
 from tenants.models import Membership, Role, Tenant, User
 from webapp.forms import AddMemberForm, EmptyForm, RoleForm, WorkspaceForm, WorkspaceSettingsForm
+from webapp.realtime import cut_off
 from webapp.rendering import render_page
 from webapp.tenancy import choose_workspace, member_required
 
@@ -119,6 +120,7 @@ def edit(membership_id: int):
             form.role.errors = [*form.role.errors, str(exc)]
         else:
             db.session.commit()
+            cut_off(membership.user_id)  # their pages reconnect under the new role
             flash(f"{membership.user.email} is now {membership.role.value}.", "success")
             return redirect(url_for("workspaces.members"))
     return render_template(
@@ -130,15 +132,17 @@ def edit(membership_id: int):
 @member_required(manage=True)
 def remove(membership_id: int):
     membership = db.get_or_404(Membership, membership_id)
-    email, removed_self = membership.user.email, membership.user_id == current_user.id
+    email, user_id = membership.user.email, membership.user_id
+    removed_self = user_id == current_user.id
     try:
         remove_member(g.workspace.role, membership)
     except AccountError as exc:
         flash(str(exc), "error")
         return redirect(url_for("workspaces.edit", membership_id=membership_id))
     db.session.commit()
-    flash(f"{email} was removed from the workspace.", "success")
+    cut_off(user_id)
     if removed_self:
-        choose_workspace(current_user)
-        return redirect(url_for("dashboard.index"))
+        flash(f"You left {g.workspace.tenant.name}. Sign in again to go on in your other workspaces.", "info")
+        return redirect(url_for("auth.login"))
+    flash(f"{email} was removed from the workspace.", "success")
     return redirect(url_for("workspaces.members"))

@@ -44,7 +44,9 @@
     const socket = io({ transports: ["websocket", "polling"] });
     window.crierSocket = socket;
     socket.on("connect", () => setLive("live", "connected"));
-    socket.on("disconnect", () => setLive("offline", "reconnecting"));
+    // The server closes the sockets of a session that ended (signed out, removed, role changed).
+    socket.on("disconnect", (reason) =>
+      setLive("offline", reason === "io server disconnect" ? "session ended: reload the page" : "reconnecting"));
     socket.on("connect_error", (err) => setLive("offline", err.message));
     socket.on("worker:pong", showPong);
     socket.on("import:progress", showImportProgress);
