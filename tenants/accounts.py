@@ -23,7 +23,8 @@ from tenants.scoping import all_tenants, tenant
 
 MIN_PASSWORD_LENGTH = 10
 LOGIN_WINDOW = timedelta(minutes=15)
-MAX_FAILURES_PER_WINDOW = 10
+FAILURES_PER_ACCOUNT_AND_ADDRESS = 10  # in LOGIN_WINDOW, before that address waits for that account
+FAILURES_PER_ADDRESS = 50  # in LOGIN_WINDOW, whichever accounts were tried, before the address waits
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 
@@ -153,27 +154,47 @@ def sign_up(email: str, password: str, workspace_name: str, timezone: str = "UTC
     return user, new_tenant
 
 
-def _retry_after(column, value: str, now: datetime) -> timedelta | None:
-    since = now - LOGIN_WINDOW
-    count, oldest = db.session.execute(
-        select(func.count(), func.min(LoginFailure.at)).where(column == value, LoginFailure.at > since)
-    ).one()
-    if count >= MAX_FAILURES_PER_WINDOW:
-        return oldest + LOGIN_WINDOW - now
-    return None
+def _failures(now: datetime, email: str, ip: str | None = None) -> tuple[int, datetime | None]:
+    """Failed sign-ins in the window, for one address (``email`` None) or one account from one address."""
+    where = [LoginFailure.at > now - LOGIN_WINDOW, LoginFailure.ip == ip]
+    if email is not None:
+        where.append(LoginFailure.email == email)
+    count, oldest = db.session.execute(select(func.count(), func.min(LoginFailure.at)).where(*where)).one()
+    return count, oldest
+
+
+def _wait(now: datetime, email: str, ip: str, *, counting_this_one: bool = False) -> timedelta | None:
+    """How long this (account, address) pair or this address must wait, or None to go on."""
+    waits = []
+    for key, limit in ((email, FAILURES_PER_ACCOUNT_AND_ADDRESS), (None, FAILURES_PER_ADDRESS)):
+        count, oldest = _failures(now, key, ip)
+        if count > limit or (count == limit and not counting_this_one):
+            waits.append(oldest + LOGIN_WINDOW - now)
+    return max(waits) if waits else None
 
 
 def authenticate(email: str, password: str, ip: str) -> User:
-    """Return the user for these credentials, or raise; failures are throttled per account and address."""
-    email_key = email.strip().lower()[:254]
+    """Return the user for these credentials, or raise.
+
+    Guessing is slowed per (account, address) and per address, never per account alone: a flood of
+    wrong passwords from one place does not lock the owner out from another. The attempt is written
+    down as a failure (and committed) before the password is checked, then counted with every other
+    attempt written so far; so parallel attempts cannot pass the limit together, and a success
+    takes its own record back.
+    """
+    email_key, ip = email.strip().lower()[:254], ip[:64]
     now = utcnow()
-    waits = [
-        w
-        for w in (_retry_after(LoginFailure.email, email_key, now), _retry_after(LoginFailure.ip, ip, now))
-        if w
-    ]
-    if waits:
-        raise TooManyAttempts(max(waits))
+    wait = _wait(now, email_key, ip)
+    if wait:
+        raise TooManyAttempts(wait)
+    attempt = LoginFailure(email=email_key, ip=ip, at=now)
+    db.session.add(attempt)
+    db.session.commit()
+    wait = _wait(now, email_key, ip, counting_this_one=True)
+    if wait:
+        db.session.delete(attempt)  # refused untried: it does not count as a guess
+        db.session.commit()
+        raise TooManyAttempts(wait)
     user = db.session.scalar(select(User).where(User.email == email_key))
     try:
         # An unknown address costs the same hash as a known one, so timing does not tell them apart.
@@ -182,12 +203,11 @@ def authenticate(email: str, password: str, ip: str) -> User:
             raise VerificationError("no such user")
     except (VerificationError, InvalidHashError):
         db.session.execute(delete(LoginFailure).where(LoginFailure.at < now - timedelta(days=1)))
-        db.session.add(LoginFailure(email=email_key, ip=ip[:64], at=now))
         db.session.commit()
         raise AccountError("Wrong email or password.") from None
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
-    db.session.execute(delete(LoginFailure).where(LoginFailure.email == email_key))
+    db.session.execute(delete(LoginFailure).where(LoginFailure.email == email_key, LoginFailure.ip == ip))
     user.last_login_at = now
     db.session.commit()
     return user
