@@ -17,6 +17,8 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from flask import Flask, current_app
 
+from tasks.heartbeat import HeartbeatMiddleware
+
 _declared: dict[str, LazyActor] = {}
 
 
@@ -154,6 +156,7 @@ class Workers:
         )
         broker = CrierRedisBroker(client=client, namespace=f"{config['REDIS_PREFIX']}-dramatiq")
         broker.add_middleware(AppContextMiddleware(self.app))
+        broker.add_middleware(HeartbeatMiddleware(self.app))
         # the sweeper and dispatch need the actors, which need this module
         from tasks.dispatch import ThreadResources
         from tasks.sweeper import SweeperMiddleware
