@@ -90,8 +90,9 @@ CHECK_EVERY = 0.2  # seconds between looks at the campaign's state (pause within
 FLUSH_EVERY = 0.25  # seconds between bulk writes of outcomes
 FLUSH_SIZE = 500
 PROGRESS_EVERY_MS = 750  # at most a few progress events per second per campaign (each counts the deliveries)
-THROTTLE_SLOWDOWN = (0.5, 60.0)  # after a throttle the page runs at half its rate for a minute
+THROTTLE_SLOWDOWN = (0.5, 0.2)  # a throttle halves the page's rate, which regains a fifth a second
 THROTTLE_SETTLE = 3.0  # seconds after a slow-down during which further throttles do not slow more
+HOLD_FROM = 5.0  # a provider asking this many seconds' wait or more holds the whole page back that long
 LONG_THROTTLE = 30.0  # a cool-down longer than this pauses the page's campaigns
 PAIR_INTERVAL = 6.0  # WhatsApp: one message to the same person per page every few seconds
 ERROR_WINDOW, ERROR_MIN_SAMPLE = 100, 20
@@ -494,7 +495,9 @@ class Slice:
     outcomes: list[Write] = field(default_factory=list)
     recent_failures: deque = field(default_factory=lambda: deque(maxlen=ERROR_WINDOW))
     stop: str | None = None  # why the slice stops early: "paused", "cancelled", "gone", "completed", ...
-    throttled: SendResult | None = None
+    throttled: SendResult | None = None  # the provider asked for a long wait: hold the page
+    slowed: bool = False  # the provider throttled a send: slow the page down
+    unreached: list[str] = field(default_factory=list)  # recipients of sends that did not reach them
     page_fatal: SendResult | None = None
     booked_until: float = 0.0  # loop time of the last send slot this slice holds
     ready: deque = field(default_factory=deque)  # claimed and rendered, waiting for a send slot
@@ -1086,9 +1089,16 @@ class Slice:
             self.recent_failures.append(False)
             return
         code, text = (result.code or "")[:50] or None, (result.detail or "")[:500] or None
+        if outcome is not Outcome.RECIPIENT_PACED and not result.maybe_delivered:
+            self.unreached.append(item.address)  # its retry need not wait out the pair interval
         if outcome is Outcome.THROTTLED:
-            if self.throttled is None or (result.retry_after or 0) > (self.throttled.retry_after or 0):
-                self.throttled = result
+            # a short wait is that message's: the page only slows down (after_flush); a long one holds
+            # the page, and the sends booked meanwhile are given back
+            if (result.retry_after or 0) >= HOLD_FROM:
+                if self.throttled is None or result.retry_after > (self.throttled.retry_after or 0):
+                    self.throttled = result
+            else:
+                self.slowed = True
             self.release_with_error(item, result.retry_after or 1.0, code, text)
         elif outcome is Outcome.RECIPIENT_PACED:
             self.release_with_error(item, result.retry_after or PAIR_INTERVAL, code, text)
@@ -1235,9 +1245,15 @@ class Slice:
         return held
 
     def after_flush(self) -> None:
-        if self.throttled is not None:
+        if self.unreached and self.page.kind is ProviderKind.WHATSAPP:
+            unreached, self.unreached = self.unreached, []
+            try:
+                self.limiter.unpace_recipients(f"page:{self.page.id}", unreached)
+            except redis.RedisError:
+                log.warning("page %s: pacing of %s recipients not cleared", self.page.id, len(unreached))
+        if self.throttled is not None or self.slowed:
             self.cool_down(self.throttled)
-            self.throttled = None
+            self.throttled, self.slowed = None, False
         if self.page_fatal is not None:
             fatal, self.page_fatal = self.page_fatal, None
             self.disable_page(fatal)
@@ -1252,13 +1268,15 @@ class Slice:
             self.stop = "paused"
         self.emit_progress()
 
-    def cool_down(self, result: SendResult) -> None:
-        wait = result.retry_after or 1.0
+    def cool_down(self, result: SendResult | None) -> None:
+        """Slow the page down after throttling (once per settling period: sends already under way when
+        the provider first objects get throttled too); when the provider asked for a long wait
+        (``result``), hold every slot of the page back that long, or pause its campaigns."""
+        wait = result.retry_after if result is not None else 0.0
         key = f"page:{self.page.id}"
         try:
-            self.limiter.cool_down(key, wait)
-            # sends already under way when the provider first objects get throttled too: halve the
-            # rate once per settling period, not once per throttled send
+            if wait:
+                self.limiter.cool_down(key, wait)
             gate = f"{current_app.config['REDIS_PREFIX']}:slowed:{key}"
             if redis_client().set(gate, b"1", nx=True, px=int(THROTTLE_SETTLE * 1000)):
                 self.limiter.slow_down(key, *THROTTLE_SLOWDOWN)

@@ -19,7 +19,7 @@ slot; the limiter keeps the other half of the burst for itself (see ``_RESERVE``
 spaced exactly and loses no capacity, so workers that keep asking achieve the full rate.
 
 Keys (all expire on their own; if Redis loses them every limit simply starts fresh):
-``{prefix}:rate:{key}`` tat in microseconds, ``{prefix}:slow:{key}`` slow-down factor,
+``{prefix}:rate:{key}`` tat in microseconds, ``{prefix}:slow:{key}`` slow-down (factor, when, recovery),
 ``{prefix}:warm:{key}`` warm-up factor (set when a limit is used after being idle, if asked for),
 ``{prefix}:pair:{key}:{recipient}`` per-recipient pacing mark. Requires Redis >= 5 (effects replication,
 so scripts may call ``TIME`` and then write).
@@ -27,7 +27,6 @@ so scripts may call ``TIME`` and then write).
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,6 +80,13 @@ class Reservation:
 _REDIS_NOW = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+-- a slow-down is 'factor at recovery': the factor set at 'at' (us), regained at 'recovery' per second
+local function slowed(value)
+  if not value then return 1 end
+  local factor, at, recovery = string.match(value, '^(%S+) (%S+) (%S+)$')
+  if not factor then return 1 end
+  return math.min(1, tonumber(factor) + tonumber(recovery) * (now - tonumber(at)) / 1000000)
+end
 """
 
 _RESERVE = (
@@ -99,7 +105,7 @@ for i = 1, limits do
   if not tat and warm_up_ms > 0 then  -- idle (or never used): start at a fraction of the rate
     redis.call('SET', KEYS[3 * i], warm_up_factor, 'PX', warm_up_ms)
   end
-  local rate = tonumber(ARGV[5 + i]) * tonumber(redis.call('GET', KEYS[3 * i - 1]) or '1')
+  local rate = tonumber(ARGV[5 + i]) * slowed(redis.call('GET', KEYS[3 * i - 1]))
     * tonumber(redis.call('GET', KEYS[3 * i]) or '1')
   free_at[i] = math.max(now, tonumber(tat or '0'))
   spacing[i] = 1000000 / rate
@@ -130,13 +136,24 @@ redis.call('SET', KEYS[1], string.format('%.17g', tat), 'PX', string.format('%d'
 """
 )
 
-_SLOW_DOWN = """
--- KEYS[1]: slow-down factor; ARGV: multiplier, floor, ttl (ms). Returns the new factor.
-local factor = tonumber(redis.call('GET', KEYS[1]) or '1') * tonumber(ARGV[1])
-factor = math.min(1, math.max(tonumber(ARGV[2]), factor))
-redis.call('SET', KEYS[1], string.format('%.17g', factor), 'PX', ARGV[3])
+_SLOW_DOWN = (
+    _REDIS_NOW
+    + """
+-- KEYS[1]: slow-down; ARGV: multiplier, floor, recovery per second. Returns the new factor.
+local factor = math.max(tonumber(ARGV[2]), slowed(redis.call('GET', KEYS[1])) * tonumber(ARGV[1]))
+local recovery = tonumber(ARGV[3])
+local ttl = math.ceil((1 - factor) / recovery * 1000) + 1
+redis.call('SET', KEYS[1], string.format('%.17g %.17g %.17g', factor, now, recovery), 'PX', ttl)
 return string.format('%.17g', factor)
 """
+)
+
+_FACTOR = (
+    _REDIS_NOW
+    + """
+return string.format('%.17g', slowed(redis.call('GET', KEYS[1])))
+"""
+)
 
 _PACE = """
 -- KEYS: one mark per recipient; ARGV[1]: interval (ms). 0 marks the recipient as sent to now,
@@ -166,6 +183,7 @@ class RateLimiter:
         self._reserve = client.register_script(_RESERVE)
         self._cool_down = client.register_script(_COOL_DOWN)
         self._slow_down = client.register_script(_SLOW_DOWN)
+        self._factor = client.register_script(_FACTOR)
         self._pace = client.register_script(_PACE)
 
     def rate_key(self, key: str) -> str:
@@ -214,20 +232,20 @@ class RateLimiter:
             count=count, start_in=max(0.0, float(start_in_us) / 1e6), interval=float(interval_us) / 1e6
         )
 
-    async def areserve(self, limits: Sequence[Limit], count: int) -> Reservation:
-        """:meth:`reserve` for event loops (the round trip runs in a thread)."""
-        return await asyncio.to_thread(self.reserve, limits, count)
+    def slow_down(self, key: str, factor: float, recovery: float) -> float:
+        """Multiply ``key``'s rate by ``factor`` now; it climbs back by ``recovery`` (a share of the full
+        rate) per second, so it is whole again ``(1 - factor) / recovery`` seconds after the last call.
 
-    def slow_down(self, key: str, factor: float, seconds: float) -> float:
-        """Multiply ``key``'s rate by ``factor`` for ``seconds`` (calls compound, floored at ``MIN_FACTOR``).
-
-        Each call restarts the ``seconds``; returns the factor now in force.
+        Calls compound on the factor in force when they are made, floored at ``MIN_FACTOR``: providers
+        that keep objecting keep the rate down, and one that stops objecting gets it back soon
+        (additive increase, multiplicative decrease). Returns the factor now in force.
         """
-        if not factor > 0:
-            raise ValueError(f"factor must be positive, not {factor!r}")
-        ttl_ms = max(1, math.ceil(seconds * 1000))
+        if not 0 < factor <= 1:
+            raise ValueError(f"factor must be in (0, 1], not {factor!r}")
+        if not recovery > 0:
+            raise ValueError(f"recovery must be positive, not {recovery!r}")
         return float(
-            self._slow_down(keys=[self.slow_key(key)], args=[repr(factor), repr(MIN_FACTOR), ttl_ms])
+            self._slow_down(keys=[self.slow_key(key)], args=[repr(factor), repr(MIN_FACTOR), repr(recovery)])
         )
 
     def cool_down(self, key: str, seconds: float) -> None:
@@ -250,9 +268,14 @@ class RateLimiter:
         return max(0.0, (busiest - now) / 1e6)
 
     def current_factor(self, key: str) -> float:
-        """The multiplier on ``key``'s rate now (1.0 unless slowed down)."""
-        value = self.client.get(self.slow_key(key))
-        return 1.0 if value is None else float(value)
+        """The multiplier on ``key``'s rate now (1.0 unless slowed down and not yet recovered)."""
+        return float(self._factor(keys=[self.slow_key(key)]))
+
+    def unpace_recipients(self, key: str, recipients: Sequence[str]) -> None:
+        """Forget the marks of recipients whose message did not reach them (refused, throttled): their
+        retry need not wait out the interval."""
+        if recipients:
+            self.client.delete(*(self.pair_key(key, r) for r in dict.fromkeys(recipients)))
 
     def pace_recipients(self, key: str, recipients: Sequence[str], interval: float) -> dict[str, float]:
         """Seconds each recipient must still wait on ``key`` (0.0: send now, marked for ``interval`` s).

@@ -170,6 +170,34 @@ def test_throttling_transient_errors_and_slow_answers_lose_nobody(engine):
     assert all(d.retryable for d in deliveries if d.state is DeliveryState.FAILED)
 
 
+def _time_to_complete(engine: EngineRun, tenant_id: int, page_id: int, list_id: int, timeout: float):
+    """Seconds from start to completion, and the campaign's counts."""
+    campaign_id = engine.campaign(tenant_id, page_id, list_id)
+    began = time.monotonic()
+    engine.start(tenant_id, campaign_id)
+    done = engine.wait(tenant_id, campaign_id, timeout=timeout)
+    return time.monotonic() - began, done
+
+
+def test_random_throttles_and_server_errors_slow_the_page_down_only_briefly(engine):
+    """5% of sends answered 130429 and 5% HTTP 503 once took a campaign to 4% of its page's rate: each
+    throttle held the whole page and halved its rate for a minute. They must cost well under 2x."""
+    rate, contacts = 400, 3000
+    clean = engine.setup(contacts=contacts, rate=rate, email="clean@engine.example")
+    faulty = engine.setup(contacts=contacts, rate=rate, email="faulty@engine.example")
+    engine.worker()
+    fault_free, first = _time_to_complete(engine, *clean, timeout=60)
+    engine.configure(throttle_share=0.05, transient_share=0.05)
+
+    with_faults, second = _time_to_complete(engine, *faulty, timeout=3 * fault_free)
+
+    stats = engine.stats()
+    assert min(stats["rejected"]["throttled"], stats["rejected"]["transient"]) > 0.03 * contacts
+    assert with_faults < 2 * fault_free, f"{with_faults:.1f} s with faults, {fault_free:.1f} s without"
+    assert len(_no_duplicates(engine)) == first["sent"] + second["sent"]
+    assert first["failed"] + first["sent"] == second["failed"] + second["sent"] == contacts
+
+
 def test_a_page_the_provider_refuses_is_disabled_and_its_campaign_paused(engine):
     from tenants.db import db
     from tenants.pages import Page

@@ -101,19 +101,26 @@ def test_cool_down_holds_every_slot_back_until_it_ends(limiter: RateLimiter):
     assert limiter.reserve([Limit("page:2", 50)], 1).start_in == 0.0, "other pages are not held back"
 
 
-def test_slow_down_halves_the_rate_compounds_to_a_floor_and_wears_off(limiter: RateLimiter):
+def test_slow_down_halves_the_rate_compounds_to_a_floor_and_climbs_back(limiter: RateLimiter):
     assert limiter.current_factor("page:1") == 1.0
 
-    assert limiter.slow_down("page:1", 0.5, seconds=10) == 0.5
-    assert limiter.reserve([Limit("page:1", 50)], 1).interval == pytest.approx(0.04)
+    assert limiter.slow_down("page:1", 0.5, recovery=0.01) == 0.5
+    assert limiter.reserve([Limit("page:1", 50)], 1).interval == pytest.approx(0.04, rel=0.01)
     for _ in range(6):
-        limiter.slow_down("page:1", 0.5, seconds=0.3)
-    assert limiter.current_factor("page:1") == MIN_FACTOR
-    assert limiter.reserve([Limit("page:1", 50)], 1).interval == pytest.approx(16 / 50)
+        limiter.slow_down("page:1", 0.5, recovery=0.01)
+    assert limiter.current_factor("page:1") == pytest.approx(MIN_FACTOR, abs=0.01)
+    assert limiter.reserve([Limit("page:1", 50)], 1).interval == pytest.approx(16 / 50, rel=0.1)
+    assert limiter.current_factor("page:2") == 1.0, "other pages keep their rate"
 
-    time.sleep(0.4)
+
+def test_a_slowed_rate_climbs_back_steadily_once_the_provider_stops_objecting(limiter: RateLimiter):
+    limiter.slow_down("page:1", 0.5, recovery=1.0)  # back to the full rate within half a second
+    time.sleep(0.25)
+    assert 0.7 <= limiter.current_factor("page:1") <= 0.85
+    time.sleep(0.3)
     assert limiter.current_factor("page:1") == 1.0
     assert limiter.reserve([Limit("page:1", 50)], 1).interval == pytest.approx(0.02)
+    assert limiter.client.pttl(limiter.slow_key("page:1")) < 0, "a recovered slow-down leaves nothing behind"
 
 
 def test_pace_recipients_lets_each_recipient_through_once_per_interval(limiter: RateLimiter):
@@ -130,8 +137,8 @@ def test_pace_recipients_lets_each_recipient_through_once_per_interval(limiter: 
 
 
 def test_limits_start_fresh_when_redis_has_lost_their_keys(limiter: RateLimiter, prefix: str):
-    limiter.slow_down("page:1", 0.5, seconds=60)
-    assert limiter.reserve([Limit("page:1", 50)], 50).interval == pytest.approx(0.04)
+    limiter.slow_down("page:1", 0.5, recovery=0.01)
+    assert limiter.reserve([Limit("page:1", 50)], 50).interval == pytest.approx(0.04, rel=0.01)
     limiter.client.delete(*limiter.client.scan_iter(match=f"{prefix}:*"))
 
     assert limiter.reserve([Limit("page:1", 50)], 1) == limiter.reserve([Limit("page:2", 50)], 1)

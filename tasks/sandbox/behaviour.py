@@ -114,6 +114,10 @@ class SandboxConfig:
     rate_limit: float = field(
         default=0.0, metadata=_rule(_number, "messages per second per account; 0 = unlimited")
     )
+    throttle_share: float = field(
+        default=0.0,
+        metadata=_rule(_share, "share of messages throttled at random (WhatsApp 130429), whatever the rate"),
+    )
     pair_limit: int = field(
         default=0,
         metadata=_rule(_count, "WhatsApp: messages to one recipient per 6 s before 131056; 0 = unlimited"),
@@ -269,6 +273,8 @@ class Behaviour:
         config = self.config
         if config.transient_share and self.rng.random() < config.transient_share:
             return Verdict.TRANSIENT, None
+        if config.throttle_share and self.rng.random() < config.throttle_share:
+            return Verdict.THROTTLED, 1.0
         if config.rate_limit:
             wait = self.rate_limiter.admit((kind, account), config.rate_limit, now)
             if wait is not None:
