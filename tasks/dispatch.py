@@ -40,6 +40,7 @@ from flask import current_app
 from sqlalchemy import and_, bindparam, func, select, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from tasks import heartbeat
 from tasks.broker import WorkersUnreachable, actor, current_broker
 from tasks.limits import Limit, RateLimiter, burst_allowance
 from tasks.progress import emit_campaign_event
@@ -415,10 +416,12 @@ def dispatch_campaign(campaign_id: int, tenant_id: int, generation: int, chain: 
         if job is None:
             return
         job.mark_started()
+        job.hold(f"{tenant_id}:{campaign_id}:running")  # a dead worker's campaigns are relaunched at once
         try:
             go_on = send_loop.run(job.run)
         finally:
             db.session.rollback()
+            job.let_go()
         if go_on:
             try:
                 dispatch_campaign.send(campaign_id, tenant_id, generation, chain)
@@ -498,6 +501,7 @@ class Slice:
     throttled: SendResult | None = None  # the provider asked for a long wait: hold the page
     slowed: bool = False  # the provider throttled a send: slow the page down
     unreached: list[str] = field(default_factory=list)  # recipients of sends that did not reach them
+    held: list[str] = field(default_factory=list)  # what this slice listed under its worker (heartbeat)
     page_fatal: SendResult | None = None
     booked_until: float = 0.0  # loop time of the last send slot this slice holds
     ready: deque = field(default_factory=deque)  # claimed and rendered, waiting for a send slot
@@ -720,6 +724,20 @@ class Slice:
             return False
         return True
 
+    def hold(self, member: str) -> None:
+        """List a lease (or the campaign) under this worker process, for the sweeper should it die."""
+        self.held.append(member)
+        try:
+            heartbeat.hold(redis_client(), current_app.config["REDIS_PREFIX"], member)
+        except redis.RedisError:
+            log.warning("campaign %s: lease not listed (it will run out instead)", self.campaign_id)
+
+    def let_go(self) -> None:
+        """The slice wrote or gave back everything it claimed: nothing of it is left to settle."""
+        held, self.held = self.held, []
+        with contextlib.suppress(redis.RedisError):
+            heartbeat.let_go(redis_client(), current_app.config["REDIS_PREFIX"], *held)
+
     @property
     def starts_key(self) -> str:
         prefix = current_app.config["REDIS_PREFIX"]
@@ -829,7 +847,9 @@ class Slice:
             ]
 
         claimed = with_db_retry(work, f"campaign {self.campaign_id}: claiming")
-        if not claimed:
+        if claimed:
+            self.hold(f"{self.tenant_id}:{self.campaign_id}:{token.isoformat()}")
+        else:
             exhausted = self.daily_limit_reached()
             if exhausted is not None and not self.tenant_has_sends_in_flight():
                 self.pause_for_daily_limit(exhausted)  # (while sends are in flight, some may come back)

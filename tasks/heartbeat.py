@@ -1,9 +1,14 @@
-"""Worker heartbeats: every worker process keeps a Redis key alive while it runs.
+"""Worker heartbeats, and the leases each worker holds, so that a dead worker's work is taken back.
 
-The key (``<prefix>:workers:<host>:<pid>``) is written every second with a five-second expiry, so a
-process that dies, however it dies, disappears from :func:`live_workers` within five seconds.
-``/readyz`` reads it; it is Crier's own record, apart from Dramatiq's broker heartbeats, which
-every process that merely enqueues (the web app) writes too.
+Every worker process keeps ``<prefix>:workers:<host>:<pid>`` alive (written every second, expiring
+after three), so a process that dies, however it dies, disappears from :func:`live_workers` within
+three seconds. ``/readyz`` reads it; it is Crier's own record, apart from Dramatiq's broker
+heartbeats, which every process that merely enqueues (the web app) writes too.
+
+While dispatch holds deliveries claimed it lists their lease tokens (and the campaigns it is
+sending) in ``<prefix>:leases:<host>:<pid>``. The sweeper looks every second for lists whose worker
+no longer beats (:func:`orphaned_leases`) and settles them at once, instead of waiting for the
+leases to run out. If Redis loses the lists, the leases still run out as before.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from flask import Flask
 
 log = logging.getLogger(__name__)
 BEAT_SECONDS = 1.0
-EXPIRES_SECONDS = 5
+EXPIRES_SECONDS = 3
+LEASE_LIST_SECONDS = 24 * 3600  # a list nobody settles (Redis lost the heartbeat too) goes eventually
 
 
 def worker_id() -> str:
@@ -32,6 +38,38 @@ def worker_id() -> str:
 
 def _key(prefix: str, worker: str) -> str:
     return f"{prefix}:workers:{worker}"
+
+
+def _leases_key(prefix: str, worker: str) -> str:
+    return f"{prefix}:leases:{worker}"
+
+
+def hold(client: redis.Redis, prefix: str, *members: str) -> None:
+    """List what this worker process holds (``tenant:campaign:token`` or ``tenant:campaign:running``)."""
+    key = _leases_key(prefix, worker_id())
+    with client.pipeline() as pipe:
+        pipe.sadd(key, *members)
+        pipe.expire(key, LEASE_LIST_SECONDS)
+        pipe.execute()
+
+
+def let_go(client: redis.Redis, prefix: str, *members: str) -> None:
+    if members:
+        client.srem(_leases_key(prefix, worker_id()), *members)
+
+
+def orphaned_leases(client: redis.Redis, prefix: str) -> dict[str, set[str]]:
+    """What each dead worker process held: the lists of workers whose heartbeat has expired."""
+    orphans = {}
+    for key in client.scan_iter(match=_leases_key(prefix, "*"), count=1000):
+        worker = key.decode().split(":leases:", 1)[1]
+        if not client.exists(_key(prefix, worker)):
+            orphans[worker] = {member.decode() for member in client.smembers(key)}
+    return orphans
+
+
+def forget(client: redis.Redis, prefix: str, worker: str) -> None:
+    client.delete(_leases_key(prefix, worker))
 
 
 def live_workers(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
@@ -46,12 +84,11 @@ class HeartbeatMiddleware(dramatiq.Middleware):
     def __init__(self, app: Flask):
         self.app = app
         self.stopping = threading.Event()
-        self.worker = worker_id()
         self.started = time.time()
 
     @property
     def key(self) -> str:
-        return _key(self.app.config["REDIS_PREFIX"], self.worker)
+        return _key(self.app.config["REDIS_PREFIX"], worker_id())
 
     def after_worker_boot(self, broker, worker) -> None:
         threading.Thread(target=self.loop, args=(broker.client,), name="crier-heartbeat", daemon=True).start()
@@ -63,7 +100,7 @@ class HeartbeatMiddleware(dramatiq.Middleware):
 
     def loop(self, client: redis.Redis) -> None:
         while not self.stopping.is_set():
-            beat = {"worker": self.worker, "started": self.started, "at": time.time()}
+            beat = {"worker": worker_id(), "started": self.started, "at": time.time()}
             try:
                 client.set(self.key, json.dumps(beat), ex=EXPIRES_SECONDS)
             except redis.RedisError as exc:

@@ -1,9 +1,10 @@
 """The sweeper: periodic repairs that keep campaigns moving whatever process died.
 
-Every ``SWEEP_SECONDS`` it starts due scheduled campaigns, resumes quota- and throttle-paused
-ones whose time has come, resolves expired leases (``unknown``, or back to ``pending`` for
-at-least-once pages), relaunches dispatch for running campaigns whose chains went quiet, and
-processes stored callbacks and receipts nobody has handled. It runs as a thread inside every
+Every second it settles what dead worker processes held (their heartbeat expired: their leases
+become ``unknown``, or ``pending`` for at-least-once pages, and their campaigns get new dispatch
+at once). Every ``SWEEP_SECONDS`` it also starts due scheduled campaigns, resumes quota- and
+throttle-paused ones whose time has come, resolves expired leases, relaunches dispatch for running
+campaigns whose chains went quiet, and processes stored callbacks and receipts nobody has handled. It runs as a thread inside every
 worker process (no extra process); on PostgreSQL an advisory lock lets one sweep at a time.
 It never relies on the broker redelivering a lost message.
 """
@@ -12,15 +13,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
+import redis
 from flask import Flask, current_app
 from sqlalchemy import and_, func, or_, select, text, update
 
-from tasks import lifecycle
-from tasks.dispatch import emit_state, launch_quietly
+from tasks import heartbeat, lifecycle
+from tasks.dispatch import emit_state, launch_quietly, redis_client
 from tasks.receipts import apply_inbound, apply_receipts, process_webhook_event
 from tenants.campaigns import (
     DAILY_LIMIT_PAUSES,
@@ -40,6 +43,7 @@ from tenants.scoping import all_tenants, tenant
 log = logging.getLogger(__name__)
 SWEEP_LOCK = 0x43524945  # "CRIE": the advisory lock one sweeper holds while it sweeps
 STALE_CALLBACK_SECONDS = 10
+DEAD_WORKERS_EVERY = 1.0  # seconds between looks for dead workers' leases (a Redis scan, no query)
 
 
 def sweep() -> dict[str, int]:
@@ -51,6 +55,7 @@ def sweep() -> dict[str, int]:
         ):
             db.session.rollback()
             return {"skipped": 1}
+        done["reclaimed"] = reclaim_from_dead_workers()
         done["leases"] = resolve_expired_leases()
         done["started"] = start_due_campaigns()
         done["resumed"] = resume_due_campaigns()
@@ -61,9 +66,9 @@ def sweep() -> dict[str, int]:
     return done
 
 
-def resolve_expired_leases() -> int:
-    """A delivery whose lease ran out while it was being sent: ``unknown`` (never silently re-sent),
-    or back to ``pending`` when its page is set to at-least-once."""
+def _settle_leases(held: Any, why: str) -> tuple[int, int]:
+    """Deliveries in flight (matching ``held``) whose sender is gone: ``unknown`` (never silently
+    re-sent), or back to ``pending`` when the page is set to at-least-once. Returns (pending, unknown)."""
     now = utcnow()
     table = Delivery.__table__
     at_least_once = (
@@ -71,26 +76,72 @@ def resolve_expired_leases() -> int:
         .join(Page, Page.id == Campaign.page_id)
         .where(Page.delivery_policy == DeliveryPolicy.AT_LEAST_ONCE)
     )
-    expired = and_(table.c.state == DeliveryState.IN_FLIGHT.value, table.c.lease_until < now)
+    gone = and_(table.c.state == DeliveryState.IN_FLIGHT.value, held)
     retried = db.session.execute(
         update(table)
-        .where(expired, table.c.campaign_id.in_(at_least_once))
+        .where(gone, table.c.campaign_id.in_(at_least_once))
         .values(state=DeliveryState.PENDING.value, due_at=now, lease_until=None)
     ).rowcount
     unknown = db.session.execute(
         update(table)
-        .where(expired)
+        .where(gone)
         .values(
             state=DeliveryState.UNKNOWN.value,
             lease_until=None,
-            error_code="lease_expired",
+            error_code=why,
             error_text="the worker stopped while sending: it may or may not have been delivered",
         )
     ).rowcount
     db.session.commit()
+    return retried, unknown
+
+
+def resolve_expired_leases() -> int:
+    """Deliveries whose lease ran out while they were being sent (their worker died unlisted)."""
+    table = Delivery.__table__
+    retried, unknown = _settle_leases(table.c.lease_until < utcnow(), "lease_expired")
     if retried or unknown:
         log.warning("sweeper: %s expired leases became unknown, %s went back to pending", unknown, retried)
     return retried + unknown
+
+
+def reclaim_from_dead_workers() -> int:
+    """Settle at once what worker processes that stopped beating held (``tasks.heartbeat``), and give
+    their running campaigns new dispatch, instead of waiting for the leases and the stale check."""
+    client, prefix = redis_client(), current_app.config["REDIS_PREFIX"]
+    try:
+        orphans = heartbeat.orphaned_leases(client, prefix)
+    except redis.RedisError:
+        return 0
+    settled = 0
+    for worker, members in orphans.items():
+        if not client.set(f"{prefix}:reclaiming:{worker}", b"1", nx=True, ex=30):
+            continue  # another worker's sweeper is on it
+        tokens: dict[tuple[int, int], list[datetime]] = {}
+        for member in members:
+            tenant_id, campaign_id, what = member.split(":", 2)
+            held = tokens.setdefault((int(tenant_id), int(campaign_id)), [])
+            if what != "running":
+                held.append(datetime.fromisoformat(what))
+        table = Delivery.__table__
+        for (tenant_id, campaign_id), leases in tokens.items():
+            with tenant(db.session, tenant_id):
+                if leases:
+                    held = and_(table.c.campaign_id == campaign_id, table.c.lease_until.in_(leases))
+                    retried, unknown = _settle_leases(held, "worker_died")
+                    settled += retried + unknown
+                    log.warning(
+                        "sweeper: worker %s died holding %s deliveries of campaign %s (%s unknown)",
+                        worker,
+                        retried + unknown,
+                        campaign_id,
+                        unknown,
+                    )
+                campaign = db.session.get(Campaign, campaign_id)
+                if campaign is not None and campaign.state is CampaignState.RUNNING:
+                    _relaunch(campaign, f"its worker {worker} died")
+        heartbeat.forget(client, prefix, worker)
+    return settled
 
 
 def _each_campaign(condition, act) -> int:
@@ -164,37 +215,39 @@ def relaunch_stale_campaigns() -> int:
         _of_active_tenants(),
     )
 
-    def act(campaign: Campaign) -> bool:
-        generation = campaign.dispatch_generation
-        moved = db.session.execute(
-            update(Campaign)
-            .where(
-                Campaign.id == campaign.id,
-                Campaign.dispatch_generation == generation,
-                Campaign.state == CampaignState.RUNNING,
-            )
-            .values(dispatch_generation=generation + 1, heartbeat_at=utcnow())
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        db.session.commit()
-        if not moved:
-            return False
-        db.session.refresh(campaign)
-        problem = launch_quietly(campaign)
-        if problem:
-            log.warning("sweeper: campaign %s not relaunched: %s", campaign.id, problem)
-            db.session.execute(
-                update(Campaign)
-                .where(Campaign.id == campaign.id)
-                .values(heartbeat_at=None)
-                .execution_options(synchronize_session=False)
-            )
-            db.session.commit()
-            return False
-        log.warning("sweeper: campaign %s had no live dispatch; relaunched", campaign.id)
-        return True
+    return _each_campaign(quiet, lambda campaign: _relaunch(campaign, "it had no live dispatch"))
 
-    return _each_campaign(quiet, act)
+
+def _relaunch(campaign: Campaign, why: str) -> bool:
+    """A new generation of dispatch chains for a running campaign (older chains stop by themselves)."""
+    generation = campaign.dispatch_generation
+    moved = db.session.execute(
+        update(Campaign)
+        .where(
+            Campaign.id == campaign.id,
+            Campaign.dispatch_generation == generation,
+            Campaign.state == CampaignState.RUNNING,
+        )
+        .values(dispatch_generation=generation + 1, heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
+    if not moved:
+        return False
+    db.session.refresh(campaign)
+    problem = launch_quietly(campaign)
+    if problem:
+        log.warning("sweeper: campaign %s not relaunched: %s", campaign.id, problem)
+        db.session.execute(
+            update(Campaign)
+            .where(Campaign.id == campaign.id)
+            .values(heartbeat_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+        return False
+    log.warning("sweeper: campaign %s relaunched: %s", campaign.id, why)
+    return True
 
 
 def process_stale_callbacks() -> int:
@@ -247,11 +300,18 @@ class SweeperMiddleware(dramatiq.Middleware):
         self.stopping.set()
 
     def loop(self) -> None:
+        """A whole sweep every ``SWEEP_SECONDS``; in between, every second, dead workers' leases."""
         interval = float(self.app.config["SWEEP_SECONDS"])
-        while not self.stopping.wait(interval):
+        next_sweep = time.monotonic() + interval
+        while not self.stopping.wait(min(interval, DEAD_WORKERS_EVERY)):
             with self.app.app_context():
                 try:
-                    sweep()
+                    if time.monotonic() >= next_sweep:
+                        next_sweep = time.monotonic() + interval
+                        sweep()
+                    else:
+                        with all_tenants(db.session):
+                            reclaim_from_dead_workers()
                 except Exception:
                     log.exception("sweeper: pass failed")
                 finally:

@@ -64,6 +64,38 @@ def test_a_worker_killed_mid_campaign_is_replaced_and_nobody_gets_two_messages(s
         engine.close()
 
 
+def test_a_killed_workers_leases_and_campaign_are_taken_over_in_seconds_not_after_the_lease(sandbox):
+    """With a one-minute lease and stale check, a kill -9 once stalled the campaign for a minute."""
+    minute = {"CRIER_LEASE_SECONDS": "60", "CRIER_STALE_DISPATCH_SECONDS": "60"}
+    engine = EngineRun(sandbox, CRIER_DISPATCH_WINDOW=str(WINDOW), **minute)
+    try:
+        engine.configure(callbacks=False, latency_ms=80)
+        tenant_id, page_id, list_id = engine.setup(contacts=1500, rate=300)
+        campaign_id = engine.campaign(tenant_id, page_id, list_id)
+        first = engine.worker("first")
+        engine.start(tenant_id, campaign_id)
+        engine.wait_for(lambda: engine.stats()["accepted"] >= 300, 30, "sending")
+
+        engine.kill(first)
+        killed_at = time.time()
+        at_kill = engine.status(tenant_id, campaign_id)
+        assert at_kill["in_flight"] > 0
+        engine.worker("second")
+        engine.wait_for(lambda: engine.states(tenant_id, campaign_id).get("unknown", 0) > 0, 10, "settling")
+        engine.wait_for(
+            lambda: any(e["at"] > killed_at + 1 for e in engine.ledger()), 10, "sending again after the kill"
+        )
+        done = engine.wait(tenant_id, campaign_id, timeout=30)
+
+        states = _check_everyone_once(engine, tenant_id, campaign_id, 1500)
+        assert done["state"] == "completed"
+        assert states["unknown"] <= at_kill["in_flight"]
+        resumed_at = min(e["at"] for e in engine.ledger() if e["at"] > killed_at + 1)
+        assert resumed_at - killed_at < 10, f"sending resumed {resumed_at - killed_at:.1f} s after the kill"
+    finally:
+        engine.close()
+
+
 @pytest.fixture
 def own_redis(tmp_path):
     """A Redis without persistence on a port of its own (the one `make run` embeds), restartable empty."""
