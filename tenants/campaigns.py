@@ -126,7 +126,6 @@ class DeliveryState(enum.StrEnum):
 
 
 ACCEPTED_STATES = (DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.READ)
-TERMINAL_STATES = (*ACCEPTED_STATES, DeliveryState.FAILED, DeliveryState.UNKNOWN, DeliveryState.CANCELLED)
 EXCLUSION_TEXT = {
     "opted_out": "opted out",
     "no_address": "no address for this channel",

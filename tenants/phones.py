@@ -97,14 +97,6 @@ def to_e164(raw: str, default_country: str | None = None) -> str:
     return _parse_checked(text, region, shown)
 
 
-def is_e164(value: str) -> bool:
-    """Whether ``value`` is already a valid number written in E.164."""
-    try:
-        return to_e164(value) == value
-    except InvalidPhone:
-        return False
-
-
 def _parse_checked(text: str, region: str | None, shown: str) -> str:
     try:
         number = phonenumbers.parse(text, region)
