@@ -66,6 +66,8 @@ def subscribe_sandbox_receipts(sandbox_url: str, page: Page, callback_url: str) 
         "app_secret": creds.get("app_secret"),
         "verify_token": creds.get("verify_token"),
         "webhook_token": creds.get("webhook_token"),
+        # what the page sends with: its receipts, not those of another page naming the same account
+        "access_token": creds.get("access_token") or creds.get("page_access_token") or creds.get("api_key"),
     }
     try:
         response = httpx.post(f"{sandbox_url.rstrip('/')}/_sandbox/subscriptions", json=body, timeout=10)

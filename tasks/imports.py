@@ -37,14 +37,25 @@ PROGRESS_INTERVAL = 0.25  # seconds between two import:progress events of one im
 
 
 def start_import(
-    contact_import: ContactImport, *, mapping: dict[str, str], list_id: int | None, update_existing: bool
+    contact_import: ContactImport,
+    *,
+    mapping: dict[str, str],
+    list_id: int | None,
+    update_existing: bool,
+    phone_country: str | None = None,
 ) -> None:
     """Confirm the mapping screen's choices, commit, and enqueue the import.
 
     Raises ``MappingError`` (nothing changed) or ``WorkersUnreachable`` (the import is saved as
     ``queued``; calling this again once the workers are back enqueues it).
     """
-    configure_import(contact_import, mapping=mapping, list_id=list_id, update_existing=update_existing)
+    configure_import(
+        contact_import,
+        mapping=mapping,
+        list_id=list_id,
+        update_existing=update_existing,
+        phone_country=phone_country,
+    )
     db.session.commit()
     run_contact_import.send(contact_import.id)
 

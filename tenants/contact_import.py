@@ -12,9 +12,11 @@ The flow the web UI drives (see each function's docstring):
 
 Rules, in one place:
 
-* Phones become E.164 (:func:`tenants.phones.to_e164`, national numbers in the tenant's default
-  country); emails are validated and lower-cased. A row needs a valid phone, or no phone and a
-  valid email. A phone that is present but invalid rejects the row.
+* Phones become E.164 (:func:`tenants.phones.to_e164`); national numbers are read in the country
+  chosen for the import (``ContactImport.phone_country``, asked on the mapping screen when
+  :func:`has_national_numbers`), else in the tenant's default country. Emails are validated and
+  lower-cased. A row needs a valid phone, or no phone and a valid email. A phone that is present
+  but invalid rejects the row.
 * An invalid email does not reject a row that has a valid phone: the contact is imported without
   email and the text is kept in the custom field ``invalid_email`` (counted in the notes).
 * Names and company longer than their columns (200) are cut to 200 characters (counted in notes).
@@ -74,6 +76,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TextIO
 
+import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from flask import current_app, has_app_context
 from sqlalchemy import JSON, bindparam, cast, delete, func, literal, or_, select, text, update
@@ -106,11 +109,15 @@ TEXT_LIMIT = 200  # first_name, last_name, company columns
 EMAIL_LIMIT = 254
 RAW_LIMIT = 65536
 MAX_RECORD_LINES = 20  # a quoted value over more lines is taken for a quote that was never closed
+MAX_COLUMNS = 500  # more makes a mapping page no one can use, and costs the server to build
+MAX_HEADER_BYTES = 256 * 1024  # the first row (the column names) is read at most this far
 CUSTOM_NAME_LIMIT = 100
 INVALID_EMAIL_FIELD = "invalid_email"
 STANDARD_TARGETS = ("phone", "email", "first_name", "last_name", "company")
 IGNORE = "ignore"
 CUSTOM = "custom:"
+NATIONAL_SCAN_ROWS = 200  # rows looked at for national phone numbers
+_INTERNATIONAL_PREFIX = re.compile(r"\s*(?:\+|00)")
 DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 ENCODINGS = {
     "utf-8": "UTF-8",
@@ -134,6 +141,10 @@ class ContactImportError(ValueError):
 
 class ImportFileError(ContactImportError):
     """The file cannot be imported (empty, binary, too large, not decodable, no rows...)."""
+
+
+class ImportTooLarge(ImportFileError):
+    """A file over the size limit (the upload answers 413 Content Too Large)."""
 
 
 class MappingError(ContactImportError):
@@ -184,10 +195,16 @@ def check_import_size(size_bytes: int, limit: int | None = None) -> None:
     if size_bytes <= 0:
         raise ImportFileError("The file is empty.")
     if size_bytes > limit:
-        raise ImportFileError(
+        raise ImportTooLarge(
             f"The file is {_megabytes(size_bytes)}; the largest file you can import is {_megabytes(limit)}. "
             "Split it into smaller files."
         )
+
+
+def too_large_message(limit: int | None = None) -> str:
+    """What the upload says about a file over ``limit`` bytes whose exact size it did not read."""
+    limit = max_import_bytes() if limit is None else limit
+    return f"The file is larger than the {limit // (1024 * 1024)} MB limit. Split it into smaller files."
 
 
 def _megabytes(size: int) -> str:
@@ -247,6 +264,7 @@ def profile_file(
         delimiter = _sniff_delimiter(sample)
     elif delimiter not in DELIMITERS:
         raise ImportFileError("Choose comma, semicolon, tab or pipe as the separator.")
+    _check_columns(path, encoding, delimiter, size)
     header, rows = _first_records(path, encoding, delimiter, SAMPLE_ROWS)
     return FileProfile(encoding, delimiter, header, rows, guess_mapping(header), size)
 
@@ -354,6 +372,33 @@ def _take(iterable: Iterable, count: int) -> list:
         if len(taken) >= count:
             break
     return taken
+
+
+def _check_columns(path: str | os.PathLike, encoding: str, delimiter: str, size: int) -> None:
+    """Refuse a file with more than :data:`MAX_COLUMNS` columns, reading at most
+    :data:`MAX_HEADER_BYTES` of it (before anything reads its first row whole)."""
+    with open(path, "rb") as handle:
+        head = handle.read(MAX_HEADER_BYTES)
+    complete = size <= len(head)
+    reader = csv.reader(io.StringIO(_decode_head(head, encoding, complete)), delimiter=delimiter)
+    try:
+        first = next(reader, None) or []
+        ended = complete or next(reader, None) is not None  # a second row began: the first one ended
+    except csv.Error:
+        return  # reading the rows says what is wrong with them
+    columns = len(first)
+    if ended and columns <= MAX_COLUMNS:
+        return
+    if not ended and columns <= MAX_COLUMNS:
+        raise ImportFileError(
+            f"The first row, the column names, is longer than {MAX_HEADER_BYTES // 1024} KB. "
+            "Is the file a CSV with one row per contact?"
+        )
+    counted = f"{columns:,}" if ended else f"more than {columns:,}"
+    raise ImportFileError(
+        f"The file has {counted} columns; an import can have at most {MAX_COLUMNS} columns. "
+        "Remove the columns you do not need and upload the file again."
+    )
 
 
 def _first_records(path, encoding: str, delimiter: str, count: int) -> tuple[list[str], list[list[str]]]:
@@ -488,6 +533,37 @@ def validate_mapping(header: list[str], mapping: dict[str, str]) -> dict[str, st
     if "phone" not in used and "email" not in used:
         raise MappingError("Map a column to phone or to email: contacts need one of them.")
     return complete
+
+
+def check_phone_country(code: str | None) -> str | None:
+    """The ISO code of the country national phone numbers are in (None: the workspace's default)."""
+    country = (code or "").strip().upper() or None
+    if country and country not in phonenumbers.SUPPORTED_REGIONS:
+        raise MappingError(f"Unknown country code {country!r} for national phone numbers.")
+    return country
+
+
+def _national(value: str) -> bool:
+    """Whether a phone cell is a national number: no international prefix, unreadable without a country."""
+    if not value.strip() or _INTERNATIONAL_PREFIX.match(value):
+        return False
+    try:
+        to_e164(value)
+    except InvalidPhone:
+        return any(c.isdigit() for c in value)
+    return False
+
+
+def has_national_numbers(contact_import: ContactImport) -> bool:
+    """Whether the first rows' phone column (as mapped) holds national numbers, which are read only
+    with a country: the mapping screen then asks for it."""
+    mapping = contact_import.mapping or {}
+    header = list(contact_import.header)
+    columns = [n for n, column in enumerate(header) if mapping.get(column) == "phone"]
+    if not columns:
+        return False
+    rows = preview_rows(contact_import, NATIONAL_SCAN_ROWS)
+    return any(_national(row[n]) for row in rows for n in columns)
 
 
 # --- records and rows ----------------------------------------------------------------------------
@@ -1299,9 +1375,15 @@ def _list_exists(list_id: int) -> bool:
 
 
 def configure_import(
-    contact_import: ContactImport, *, mapping: dict[str, str], list_id: int | None, update_existing: bool
+    contact_import: ContactImport,
+    *,
+    mapping: dict[str, str],
+    list_id: int | None,
+    update_existing: bool,
+    phone_country: str | None = None,
 ) -> None:
-    """Record the confirmed mapping, target list and update rule; the import becomes ``queued``.
+    """Record the confirmed mapping, target list, update rule and the country of national phone
+    numbers (None: the workspace's default); the import becomes ``queued``.
 
     Runs in the import's tenant scope (the list must be one of the tenant's). The caller commits,
     then enqueues (``tasks.imports.start_import`` does both). Raises :class:`MappingError`.
@@ -1309,9 +1391,11 @@ def configure_import(
     if contact_import.status not in (ImportStatus.UPLOADED, ImportStatus.QUEUED, ImportStatus.FAILED):
         raise MappingError(f"This import is {contact_import.status.value}; it cannot be changed now.")
     complete = validate_mapping(list(contact_import.header), mapping)
+    country = check_phone_country(phone_country)
     if list_id is not None and not _list_exists(list_id):
         raise MappingError("That list does not exist (any more).")
     contact_import.mapping = complete
+    contact_import.phone_country = country
     contact_import.list_id = list_id
     contact_import.update_existing = bool(update_existing)
     contact_import.status = ImportStatus.QUEUED
@@ -1431,7 +1515,8 @@ class _Import:
         if record.list_id is not None and not _list_exists(record.list_id):
             raise MappingError("The target list was deleted; choose another list.")
         tenant_row = db.session.get(Tenant, record.tenant_id)
-        self.country = tenant_row.default_country if tenant_row is not None else None
+        default = tenant_row.default_country if tenant_row is not None else None
+        self.country = record.phone_country or default
         contacts_before = db.session.scalar(
             select(func.count()).select_from(Contact).where(Contact.tenant_id == record.tenant_id)
         )

@@ -115,6 +115,7 @@ class ContactImport(TenantScoped, TimestampMixin, db.Model):
     delimiter: Mapped[str | None] = mapped_column(String(5))
     header: Mapped[list[str]] = mapped_column(JSONDocument, default=list)
     mapping: Mapped[dict[str, str]] = mapped_column(JSONDocument, default=dict)
+    phone_country: Mapped[str | None] = mapped_column(String(2))  # of national numbers, for this import
     list_id: Mapped[int | None] = mapped_column(ForeignKey("contact_lists.id", ondelete="SET NULL"))
     update_existing: Mapped[bool] = mapped_column(Boolean, default=True)
     status: Mapped[ImportStatus] = mapped_column(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tenants.db import db, str_enum, utcnow
@@ -37,6 +39,40 @@ class WebhookEvent(TenantScoped, db.Model):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(String(500))
+
+
+def callback_dedupe_key(*parts: bytes) -> str:
+    """The sha256 hex digest identifying one callback request (its signature, timestamp and body).
+
+    Each part is length-prefixed, so no two different sequences of parts share a key.
+    """
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def store_webhook_event(page_id: int, kind: ProviderKind, body: str, dedupe_key: str) -> int | None:
+    """Store a verified callback and commit; answers its id, or None when the same request
+    (``page_id`` and ``dedupe_key``) is already stored: a provider's retry or a replay.
+
+    The unique index decides, so two identical requests at once store one event. Runs in the
+    page's tenant scope.
+    """
+    event = WebhookEvent(page_id=page_id, kind=kind, body=body, dedupe_key=dedupe_key)
+    db.session.add(event)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        stored = select(WebhookEvent.id).where(
+            WebhookEvent.page_id == page_id, WebhookEvent.dedupe_key == dedupe_key
+        )
+        if db.session.scalar(stored) is None:
+            raise  # another constraint (the page deleted meanwhile): not a duplicate
+        return None
+    return event.id
 
 
 class Receipt(TenantScoped, db.Model):

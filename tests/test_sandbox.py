@@ -747,7 +747,9 @@ def receiver() -> Iterator[Receiver]:
     receiver.thread.join()
 
 
-def subscribe(sandbox: httpx.Client, receiver: Receiver, kind: str, account: str) -> httpx.Response:
+def subscribe(
+    sandbox: httpx.Client, receiver: Receiver, kind: str, account: str, **more: str
+) -> httpx.Response:
     credentials = (
         {"webhook_token": WEBHOOK_TOKEN}
         if kind == "evolution"
@@ -755,7 +757,7 @@ def subscribe(sandbox: httpx.Client, receiver: Receiver, kind: str, account: str
     )
     return sandbox.post(
         "/_sandbox/subscriptions",
-        json={"kind": kind, "account": account, "callback_url": receiver.url, **credentials},
+        json={"kind": kind, "account": account, "callback_url": receiver.url, **credentials, **more},
     )
 
 
@@ -844,6 +846,53 @@ def test_evolution_receipts_are_message_updates_with_the_bearer_token(sandbox, r
         assert (payload["event"], payload["instance"]) == ("messages.update", "acme")
         assert payload["data"]["keyId"] == key_id
         assert payload["data"]["remoteJid"] == "5511961234567@s.whatsapp.net"
+
+
+@pytest.fixture
+def second_receiver() -> Iterator[Receiver]:
+    """Another page's webhook endpoint (another workspace), on its own callback URL."""
+    receiver = Receiver()
+    receiver.thread.start()
+    yield receiver
+    receiver.server.shutdown()
+    receiver.server.server_close()
+    receiver.thread.join()
+
+
+@pytest.mark.parametrize("kind", ["whatsapp", "evolution"])
+def test_two_pages_with_the_same_account_each_get_the_receipts_of_their_own_messages(
+    sandbox, receiver, second_receiver, fast_receipts, kind
+):
+    account = PHONE_NUMBER_ID if kind == "whatsapp" else "acme"
+    tokens = {receiver: "token-of-workspace-a", second_receiver: "token-of-workspace-b"}
+    for page, token in tokens.items():
+        answer = subscribe(sandbox, page, kind, account, access_token=token)
+        assert answer.status_code == 200
+    listed = sandbox.get("/_sandbox/subscriptions").json()["subscriptions"]
+    assert sorted(item["callback_url"] for item in listed) == sorted(page.url for page in tokens)
+
+    sent = {}
+    for page, token in tokens.items():
+        if kind == "whatsapp":
+            sent[page] = whatsapp(sandbox, token=token, reference=None).json()["messages"][0]["id"]
+        else:
+            sent[page] = evolution(sandbox, instance=account, api_key=token).json()["key"]["id"]
+
+    for page in tokens:
+        payloads = page.collect(lambda got: len(got) >= (1 if kind == "whatsapp" else 2))
+        if kind == "whatsapp":
+            ids = {status["id"] for status in whatsapp_statuses(payloads)}
+        else:
+            ids = {payload["data"]["keyId"] for payload in payloads}
+        assert ids == {sent[page]}
+    assert eventually(lambda: stats(sandbox)["callbacks"]["statuses"] == 4)
+    time.sleep(0.2)
+    for page in tokens:  # nothing of the other page's message came later either
+        while not page.posts.empty():
+            _, body = page.posts.get()
+            assert sent[page] in body.decode() and all(
+                other not in body.decode() for other in sent.values() if other != sent[page]
+            )
 
 
 def test_no_receipts_when_callbacks_are_off(sandbox, receiver, fast_receipts):

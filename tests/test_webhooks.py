@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -287,3 +291,188 @@ def test_a_signed_but_malformed_callback_is_kept_with_its_error(app, client, pag
     with app.app_context(), all_tenants(db.session):
         event = db.session.scalar(select(WebhookEvent))
     assert event.processed_at is not None and event.error.startswith("not JSON")
+
+
+# --- replays and request size ------------------------------------------------------------------
+
+
+def _signed_request(kind: ProviderKind, body: bytes, stamp: str | None = None) -> dict[str, str]:
+    """The headers the provider of ``kind`` signs ``body`` with."""
+    credentials = SECRETS[kind][0]
+    if kind is ProviderKind.EVOLUTION:
+        return {"Authorization": f"Bearer {credentials['webhook_token']}"}
+    if kind is ProviderKind.WEBHOOK:
+        stamp = stamp or str(int(time.time()))
+        signature = crier_signature(credentials["signing_secret"], stamp, body)
+        return {"X-Crier-Timestamp": stamp, "X-Crier-Signature": signature}
+    return {"X-Hub-Signature-256": meta_signature(credentials["app_secret"], body)}
+
+
+@pytest.fixture
+def enqueued(monkeypatch) -> list[int]:
+    """The event ids the webhook view hands to a worker."""
+    sent: list[int] = []
+
+    class Actor:
+        @staticmethod
+        def send(event_id: int) -> None:
+            sent.append(event_id)
+
+    monkeypatch.setattr("webapp.webhooks.process_webhook_event", Actor)
+    return sent
+
+
+@pytest.mark.parametrize("kind", [ProviderKind.WHATSAPP, ProviderKind.EVOLUTION, ProviderKind.WEBHOOK])
+def test_a_replayed_callback_is_answered_as_a_duplicate_and_stored_once(app, client, pages, enqueued, kind):
+    url = f"/webhooks/{kind.value}/{pages[kind]}"
+    body = json.dumps({"delivery": "d-1", "status": "delivered"}).encode()
+    headers = _signed_request(kind, body)
+
+    first = client.post(url, data=body, headers=headers)
+    replays = [client.post(url, data=body, headers=headers) for _ in range(3)]
+
+    assert first.status_code == 200 and first.get_data(as_text=True) == "EVENT_RECEIVED"
+    for replay in replays:
+        assert replay.status_code == 200 and "duplicate" in replay.get_data(as_text=True)
+    assert _count(app, WebhookEvent) == 1 and len(enqueued) == 1
+    other = json.dumps({"delivery": "d-2", "status": "delivered"}).encode()
+    assert client.post(url, data=other, headers=_signed_request(kind, other)).get_data(as_text=True) == (
+        "EVENT_RECEIVED"
+    )
+    assert _count(app, WebhookEvent) == 2 and len(enqueued) == 2
+
+
+def test_the_same_body_signed_at_another_time_is_a_new_callback(app, client, pages, enqueued):
+    url = f"/webhooks/webhook/{pages[ProviderKind.WEBHOOK]}"
+    body = json.dumps({"delivery": "d-1", "status": "delivered"}).encode()
+    now = int(time.time())
+    for stamp in (now, now, now - 1):
+        assert client.post(url, data=body, headers=_signed_request(ProviderKind.WEBHOOK, body, str(stamp)))
+    assert _count(app, WebhookEvent) == 2 and len(enqueued) == 2
+
+
+def test_the_same_callback_to_two_pages_is_stored_for_each(app, client, pages, enqueued):
+    body = json.dumps({"event": "messages.update", "instance": "shop"}).encode()
+    with app.app_context(), all_tenants(db.session):
+        original = db.session.get(Page, pages[ProviderKind.EVOLUTION])
+        credentials, settings = SECRETS[ProviderKind.EVOLUTION]
+        with tenant(db.session, original.tenant_id):
+            twin = apply_form(
+                Page(kind=ProviderKind.EVOLUTION),
+                name="twin",
+                base_url="https://provider.example",
+                send_rate=10,
+                daily_cap=None,
+                credentials=credentials,
+                settings=settings,
+            )
+            db.session.add(twin)
+            db.session.commit()
+            twin_id = twin.id
+    headers = _signed_request(ProviderKind.EVOLUTION, body)
+    for page_id in (pages[ProviderKind.EVOLUTION], twin_id):
+        response = client.post(f"/webhooks/evolution/{page_id}", data=body, headers=headers)
+        assert response.get_data(as_text=True) == "EVENT_RECEIVED"
+    assert _count(app, WebhookEvent) == 2
+
+
+def test_identical_callbacks_at_the_same_time_are_stored_once(app, pages, live_server):
+    url = f"{live_server}/webhooks/whatsapp/{pages[ProviderKind.WHATSAPP]}"
+    body, headers = _signed_meta(ProviderKind.WHATSAPP, WHATSAPP_RECEIPTS)
+    start = threading.Barrier(8)
+
+    def post(_: int) -> httpx.Response:
+        start.wait()
+        return httpx.post(url, content=body, headers=headers, timeout=30)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(post, range(8)))
+
+    assert [answer.status_code for answer in answers] == [200] * 8
+    assert sum("duplicate" not in answer.text for answer in answers) == 1
+    assert _count(app, WebhookEvent) == 1
+
+
+def _chunks(total: int, size: int = 64 * 1024) -> Iterator[bytes]:
+    sent = 0
+    while sent < total:
+        chunk = b"x" * min(size, total - sent)
+        sent += len(chunk)
+        yield chunk
+
+
+def test_a_chunked_callback_over_the_size_limit_is_refused_unread(app, pages, live_server):
+    url = f"{live_server}/webhooks/whatsapp/{pages[ProviderKind.WHATSAPP]}"
+    signature = {"X-Hub-Signature-256": meta_signature("wa-app-secret", b"x" * (3 * 1024 * 1024))}
+
+    response = httpx.post(url, content=_chunks(3 * 1024 * 1024), headers=signature, timeout=30)
+
+    assert response.status_code == 413 and response.request.headers["Transfer-Encoding"] == "chunked"
+    assert _count(app, WebhookEvent) == 0
+    small = json.dumps(WHATSAPP_RECEIPTS).encode()
+    signed = {"X-Hub-Signature-256": meta_signature("wa-app-secret", small)}
+    accepted = httpx.post(url, content=iter([small]), headers=signed, timeout=30)
+    assert accepted.status_code == 200 and accepted.request.headers["Transfer-Encoding"] == "chunked"
+    assert _count(app, WebhookEvent) == 1
+
+
+def test_two_workspaces_with_the_same_sandbox_number_each_get_their_own_receipts(app, sandbox, live_server):
+    """Each page subscribes through Crier (as its form does) and sends through its own token."""
+    from tasks.channel_checks import connection_for, subscribe_sandbox_receipts, test_send
+    from tasks.providers.ssrf import allowed_private_hosts
+
+    httpx.put(
+        f"{sandbox.url}/_sandbox/config",
+        json={"delivered_after_ms": 20, "read_share": 0.0, "callback_flush_ms": 20},
+        timeout=5,
+    ).raise_for_status()
+    sent, connections = {}, {}
+    with app.app_context():
+        for name in ("Acme", "Globex"):
+            with all_tenants(db.session):
+                workspace = Tenant(name=name, slug=name.lower())
+                db.session.add(workspace)
+                db.session.flush()
+            with tenant(db.session, workspace.id):
+                page = apply_form(
+                    Page(kind=ProviderKind.WHATSAPP),
+                    name=f"{name} sandbox",
+                    base_url=sandbox.url,
+                    send_rate=10,
+                    daily_cap=None,
+                    credentials={
+                        "access_token": f"token-of-{name.lower()}",
+                        "app_secret": f"secret-of-{name.lower()}",
+                        "verify_token": f"verify-{name.lower()}",
+                    },
+                    settings={"phone_number_id": "106540352242922"},
+                )
+                db.session.add(page)
+                db.session.commit()
+                callback = f"{live_server}/webhooks/whatsapp/{page.id}"
+                assert "now arrive" in subscribe_sandbox_receipts(sandbox.url, page, callback)
+                connections[page.id] = connection_for(page, allowed_private_hosts(app.config))
+    for page_id, connection in connections.items():  # both pages subscribed, then each one sends
+        sent[page_id] = test_send(connection, "5511961234567", "Hello").provider_message_id
+
+    def stored() -> dict[int, list[str]]:
+        with app.app_context(), all_tenants(db.session):
+            return {
+                page_id: [
+                    body
+                    for (body,) in db.session.execute(
+                        select(WebhookEvent.body).where(WebhookEvent.page_id == page_id)
+                    )
+                ]
+                for page_id in sent
+            }
+
+    deadline = time.monotonic() + 10
+    while not all(stored().values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # a receipt sent to the wrong page would have arrived by now too
+    for page_id, bodies in stored().items():
+        assert bodies, f"page {page_id} got no receipt"
+        for body in bodies:
+            assert sent[page_id] in body
+            assert all(other not in body for other in sent.values() if other != sent[page_id])

@@ -23,22 +23,28 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from tasks.broker import WorkersUnreachable
 from tasks.imports import start_import
+from tenants.accounts import AccountError, country_codes, update_workspace
 from tenants.contact_book import ContactError, create_list
 from tenants.contact_import import (
     CUSTOM,
     IGNORE,
     STANDARD_TARGETS,
     ContactImportError,
+    ImportTooLarge,
+    has_national_numbers,
     max_import_bytes,
     new_import,
     preview_rows,
     rejections_csv,
+    too_large_message,
 )
 from tenants.contacts import ContactImport, ContactList, ImportStatus
 from tenants.db import db
+from tenants.models import Tenant
+from tenants.phones import country_for_timezone
 from tenants.scoping import tenant
-from webapp.rendering import render_page
-from webapp.tenancy import member_required
+from webapp.rendering import attachment, render_page
+from webapp.tenancy import bind_request_tenant, member_required
 
 bp = Blueprint("imports", __name__)
 
@@ -68,15 +74,29 @@ def _save_upload(upload, limit: int) -> Path:
             if written > limit:
                 out.close()
                 path.unlink(missing_ok=True)
-                raise ContactImportError(f"The file is larger than the {limit // (1024 * 1024)} MB limit.")
+                raise ImportTooLarge(too_large_message(limit))
             out.write(chunk)
     return path
 
 
 def _index_page(error: str | None = None, status: int = 200):
+    """The imports page, or for HTMX its upload form (with ``error`` above it)."""
     imports = db.session.scalars(select(ContactImport).order_by(ContactImport.id.desc()).limit(50)).all()
     limit_mb = max_import_bytes() // (1024 * 1024)
-    return render_template("imports/index.html", imports=imports, error=error, limit_mb=limit_mb), status
+    return render_page(
+        "imports/index.html", "upload", status, imports=imports, error=error, limit_mb=limit_mb
+    )
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def too_large(error: RequestEntityTooLarge):
+    """A body over ``MAX_CONTENT_LENGTH``, refused while the form was read: often by the CSRF check,
+    before the request's workspace was bound."""
+    if "workspace" not in g:
+        bind_request_tenant()
+    if g.workspace is None or not g.workspace.tenant.is_active:
+        return render_template("error.html", code=413, message=too_large_message()), 413
+    return _index_page(too_large_message(), 413)
 
 
 @bp.get("/imports")
@@ -91,7 +111,7 @@ def upload():
     limit = max_import_bytes()
     try:
         if (request.content_length or 0) > limit + 64 * 1024:
-            raise ContactImportError(f"The file is larger than the {limit // (1024 * 1024)} MB limit.")
+            raise ImportTooLarge(too_large_message(limit))
         upload = request.files.get("file")
         if upload is None or not upload.filename:
             raise ContactImportError("Choose a CSV file to upload.")
@@ -102,10 +122,10 @@ def upload():
             path.unlink(missing_ok=True)
             raise
     except RequestEntityTooLarge:
-        return _index_page(f"The file is larger than the {limit // (1024 * 1024)} MB limit.", 413)
+        return _index_page(too_large_message(limit), 413)
     except ContactImportError as exc:
         db.session.rollback()
-        return _index_page(str(exc), 413 if "limit" in str(exc) else 400)
+        return _index_page(str(exc), 413 if isinstance(exc, ImportTooLarge) else 400)
     db.session.commit()
     return redirect(url_for("imports.show", contact_import_id=contact_import.id))
 
@@ -124,11 +144,12 @@ def show(contact_import_id: int):
     return render_page("imports/show.html", "progress", **context)
 
 
-def _mapping_context(contact_import: ContactImport) -> dict:
+def _mapping_context(contact_import: ContactImport, country: str | None = None) -> dict:
     try:
         samples = preview_rows(contact_import)
-    except (OSError, ContactImportError):
-        samples = []
+        national = has_national_numbers(contact_import)
+    except (OSError, ContactImportError, UnicodeDecodeError):
+        samples, national = [], False
     columns = list(contact_import.header)
     return {
         "columns": columns,
@@ -136,7 +157,30 @@ def _mapping_context(contact_import: ContactImport) -> dict:
         "targets": _targets(columns),
         "custom_prefix": CUSTOM,
         "lists": db.session.scalars(select(ContactList).order_by(ContactList.name)).all(),
+        "phone_country": _phone_country(contact_import, country) if national else None,
     }
+
+
+def _phone_country(contact_import: ContactImport, chosen: str | None) -> dict:
+    """The question about national phone numbers: the country proposed (this import's, the
+    workspace's default, else the country of its time zone) and whether it may become the default."""
+    workspace = g.workspace.tenant
+    default = workspace.default_country
+    proposed = chosen or contact_import.phone_country or default
+    return {
+        "choices": country_codes(),
+        "selected": proposed or country_for_timezone(workspace.timezone),
+        "source": "default" if proposed and proposed == default else "chosen" if proposed else "timezone",
+        "timezone": workspace.timezone,
+        "may_save": not default and g.workspace.role.manages_members,
+    }
+
+
+def _save_default_country(country: str) -> None:
+    """Make ``country`` the workspace's default for national numbers, if it has none (owners, admins)."""
+    workspace = db.session.get(Tenant, g.workspace.tenant.id)
+    if workspace is not None and not workspace.default_country and g.workspace.role.manages_members:
+        update_workspace(workspace, workspace.name, workspace.timezone, country)
 
 
 @bp.post("/imports/<int:contact_import_id>/start")
@@ -149,7 +193,10 @@ def start(contact_import_id: int):
     for n, column in enumerate(columns):
         choice = form.get(f"target_{n}", "")
         mapping[column] = CUSTOM + (form.get(f"custom_{n}") or column) if choice == "custom" else choice
+    country = form.get("phone_country", "").strip().upper()
     try:
+        if country and form.get("save_country"):
+            _save_default_country(country)
         list_id = None
         if form.get("list_id") == "new":
             list_id = create_list(form.get("new_list", "")).id
@@ -160,11 +207,13 @@ def start(contact_import_id: int):
             mapping=mapping,
             list_id=list_id,
             update_existing=bool(form.get("update_existing")),
+            phone_country=country or None,
         )
-    except (ContactImportError, ContactError) as exc:
+    except (ContactImportError, ContactError, AccountError) as exc:
         db.session.rollback()
         contact_import = db.get_or_404(ContactImport, contact_import_id)
-        context = {"contact_import": contact_import, "error": str(exc)} | _mapping_context(contact_import)
+        context = {"contact_import": contact_import, "error": str(exc)}
+        context |= _mapping_context(contact_import, country or None)
         return render_template("imports/show.html", **context), 400
     except WorkersUnreachable as exc:
         flash(f"The import is saved and will start when the workers are back ({exc}).", "error")
@@ -185,5 +234,5 @@ def rejections(contact_import_id: int):
     return Response(
         stream_with_context(lines()),
         mimetype="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{name}-rejected-rows.csv"'},
+        headers={"Content-Disposition": attachment(f"{name}-rejected-rows.csv"), "Cache-Control": "no-store"},
     )

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
-from flask import Response, g, make_response, render_template, stream_with_context
+from flask import Response, abort, g, make_response, render_template, stream_with_context
 from htmx_flask import request
 from jinja2_fragments.flask import render_block
+from werkzeug.http import quote_header_value
 
 from tenants.campaigns import tenant_zone
 from tenants.db import db
@@ -29,11 +32,29 @@ def render_page(template_name: str, block: str, status: int = 200, **context: An
     return response
 
 
+def fragment_only(what: str) -> None:
+    """Refuse a plain request to a URL that answers only HTMX's fragment of ``what`` (400, not a 500)."""
+    if not request.htmx:
+        abort(400, f"This address only answers the live count of the {what}; open the {what} instead.")
+
+
 def chart_time(epoch_seconds: float) -> str:
     """An instant on a chart's time axis as wall-clock time in the workspace's zone (UTC without one)."""
     workspace = g.get("workspace")
     zone = tenant_zone(workspace.tenant) if workspace is not None else UTC
     return datetime.fromtimestamp(epoch_seconds, UTC).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def attachment(filename: str) -> str:
+    """The ``Content-Disposition`` value offering a download named ``filename`` (RFC 6266), as
+    Werkzeug's ``send_file`` writes it: a quoted ASCII ``filename`` and, for a name that is not
+    ASCII, the exact name in ``filename*=UTF-8''…``. Control characters are dropped."""
+    name = "".join(c for c in filename if unicodedata.category(c) != "Cc") or "download"
+    simple = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii").strip()
+    fallback = f"attachment; filename={quote_header_value(simple or 'download', allow_token=False)}"
+    if name.isascii():
+        return fallback
+    return f"{fallback}; filename*=UTF-8''{quote(name, safe='!#$&+-.^_`|~')}"
 
 
 def csv_download(rows: Callable[[], Iterable[Iterable[Any]]], filename: str) -> Response:
@@ -55,5 +76,5 @@ def csv_download(rows: Callable[[], Iterable[Iterable[Any]]], filename: str) -> 
     return Response(
         stream_with_context(lines()),
         mimetype="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"},
+        headers={"Content-Disposition": attachment(filename), "Cache-Control": "no-store"},
     )

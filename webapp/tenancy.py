@@ -28,7 +28,8 @@ def choose_workspace(user: User, tenant_id: int | None = None) -> Workspace | No
     return workspace
 
 
-def _bind_request_tenant() -> None:
+def bind_request_tenant() -> None:
+    """Set ``g.workspace`` and the session's tenant for this request (also for an error raised before it)."""
     g.workspace = None
     set_tenant(db.session, None)
     if not current_user.is_authenticated:
@@ -85,7 +86,7 @@ def init_app(app: Flask) -> None:
             user = db.session.get(User, int(user_id))
         return user if user is not None and user.session_version == int(version) else None
 
-    app.before_request(_bind_request_tenant)
+    app.before_request(bind_request_tenant)
 
     @app.teardown_request
     def _forget_actor(error: BaseException | None = None) -> None:

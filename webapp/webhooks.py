@@ -10,7 +10,7 @@ from tasks.broker import WorkersUnreachable
 from tasks.receipts import process_webhook_event
 from tenants.crypto import CredentialsUnreadable
 from tenants.db import db
-from tenants.events import WebhookEvent
+from tenants.events import callback_dedupe_key, store_webhook_event
 from tenants.pages import Page, ProviderKind
 from tenants.scoping import all_tenants, tenant
 from tenants.signatures import crier_signature, fresh, meta_signature, same
@@ -61,18 +61,25 @@ def handshake(kind: str, page_id: int):
     return Response(request.args.get("hub.challenge", ""), 200, mimetype="text/plain")
 
 
+def _signed_with(page: Page) -> tuple[str | None, str | None]:
+    """The request's signature (Evolution: its bearer token) and signed timestamp, for the page's kind."""
+    headers = request.headers
+    if page.kind in META_KINDS:
+        return headers.get("X-Hub-Signature-256"), None
+    if page.kind is ProviderKind.EVOLUTION:
+        return headers.get("Authorization", "").removeprefix("Bearer ").strip() or None, None
+    return headers.get("X-Crier-Signature"), headers.get("X-Crier-Timestamp")
+
+
 def _authentic(page: Page, body: bytes) -> int | None:
     """None when the request is signed by the page's secret, else the status to answer (401/403)."""
     secrets = _credentials(page)
-    headers = request.headers
+    given, stamp = _signed_with(page)
     if page.kind in META_KINDS:
-        given = headers.get("X-Hub-Signature-256")
         expected = meta_signature(secrets.get("app_secret", ""), body) if secrets.get("app_secret") else None
     elif page.kind is ProviderKind.EVOLUTION:
-        given = headers.get("Authorization", "").removeprefix("Bearer ").strip() or None
         expected = secrets.get("webhook_token") or None
     elif page.kind is ProviderKind.WEBHOOK:
-        given, stamp = headers.get("X-Crier-Signature"), headers.get("X-Crier-Timestamp")
         secret = secrets.get("signing_secret")
         expected = crier_signature(secret, stamp or "", body) if secret and fresh(stamp) else None
     else:
@@ -82,23 +89,50 @@ def _authentic(page: Page, body: bytes) -> int | None:
     return None if expected and same(expected, given) else 403
 
 
+def _dedupe_key(page: Page, body: bytes) -> str:
+    """What makes a callback the same request again: its signature, timestamp and body. Evolution's
+    bearer token is the same on every request, so there the body alone is the key."""
+    given, stamp = _signed_with(page)
+    if page.kind is ProviderKind.EVOLUTION:
+        return callback_dedupe_key(body)
+    return callback_dedupe_key((given or "").encode(), (stamp or "").encode(), body)
+
+
+def _bounded_body() -> bytes:
+    """The body, reading at most :data:`MAX_CALLBACK_BYTES` + 1 bytes whatever the transfer encoding
+    (a chunked body has no Content-Length to check first); 413 beyond the limit."""
+    if (request.content_length or 0) > MAX_CALLBACK_BYTES:
+        abort(413)
+    stream = request.stream
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_CALLBACK_BYTES:
+        chunk = stream.read(MAX_CALLBACK_BYTES + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > MAX_CALLBACK_BYTES:
+        abort(413)
+    return b"".join(chunks)
+
+
 @bp.post("/webhooks/<kind>/<int:page_id>")
 @signed_public
 def receive(kind: str, page_id: int):
     page = _page(kind, page_id)
-    if (request.content_length or 0) > MAX_CALLBACK_BYTES:
-        abort(413)
-    body = request.get_data(cache=False)
+    body = _bounded_body()
     refused = _authentic(page, body)
     if refused:
         return Response(
             "signature required" if refused == 401 else "bad signature", refused, mimetype="text/plain"
         )
     with tenant(db.session, page.tenant_id):
-        event = WebhookEvent(page_id=page.id, kind=page.kind, body=body.decode("utf-8", "replace"))
-        db.session.add(event)
-        db.session.commit()
-        event_id = event.id
+        event_id = store_webhook_event(
+            page.id, page.kind, body.decode("utf-8", "replace"), _dedupe_key(page, body)
+        )
+    if event_id is None:  # answered 2xx all the same: providers retry what is not
+        return Response("EVENT_RECEIVED (duplicate: already received, ignored)", 200, mimetype="text/plain")
     try:
         process_webhook_event.send(event_id)
     except WorkersUnreachable as exc:

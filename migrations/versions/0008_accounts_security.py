@@ -7,6 +7,7 @@ Create Date: 2026-12-07
 * ``invitations``: an email invited to a tenant with a role; the link's token is kept as a digest.
 * ``users.session_version``: part of every session's user id; bumping it ends the user's sessions.
 * ``users.email_verified_at``: users who exist already are taken as verified (from their creation).
+* ``contact_imports.phone_country``: the country of an import's national phone numbers.
 * ``webhook_events.dedupe_key``: a replayed callback (same page, signature, timestamp, body) is
   stored once.
 """
@@ -54,6 +55,9 @@ def upgrade():
         batch_op.add_column(sa.Column('email_verified_at', tenants.db.UTCDateTime(timezone=True), nullable=True))
     op.execute("UPDATE users SET email_verified_at = created_at")
 
+    with op.batch_alter_table('contact_imports', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('phone_country', sa.String(length=2), nullable=True))
+
     with op.batch_alter_table('webhook_events', schema=None) as batch_op:
         batch_op.add_column(sa.Column('dedupe_key', sa.String(length=64), nullable=True))
         batch_op.create_index('uq_webhook_events_page_dedupe', ['page_id', 'dedupe_key'], unique=True)
@@ -66,6 +70,9 @@ def downgrade():
     with op.batch_alter_table('webhook_events', schema=None) as batch_op:
         batch_op.drop_index('uq_webhook_events_page_dedupe')
         batch_op.drop_column('dedupe_key')
+
+    with op.batch_alter_table('contact_imports', schema=None) as batch_op:
+        batch_op.drop_column('phone_country')
 
     with op.batch_alter_table('users', schema=None) as batch_op:
         batch_op.drop_column('email_verified_at')

@@ -30,7 +30,9 @@ never share limits or counters, even with the same name.
 Control endpoints: ``GET /_sandbox/stats``, ``GET /_sandbox/ledger?after=&limit=``,
 ``GET``/``PUT /_sandbox/config`` (partial updates), ``POST /_sandbox/reset`` (ledger,
 counters, limits, subscriptions, and the config back to the startup one),
-``POST``/``GET /_sandbox/subscriptions``, ``POST /_sandbox/inbound``, ``GET /_sandbox/health``.
+``POST``/``GET /_sandbox/subscriptions`` (one per callback URL, that is per Crier page; its
+``access_token`` ties it to the messages that page sends, see ``callbacks``),
+``POST /_sandbox/inbound``, ``GET /_sandbox/health``.
 
 Configuration keys are the fields of :class:`SandboxConfig` (see its definition for
 defaults and meaning). A message that passes validation is judged in this order:

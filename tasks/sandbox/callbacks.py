@@ -2,10 +2,14 @@
 
 Subscribing an account (``POST /_sandbox/subscriptions``) is like configuring the webhook
 in the provider's dashboard: for Meta kinds the sandbox first does the verification
-handshake. Receipts of accepted messages wait in one heap until due; a flusher groups
-the due ones per subscription (up to ``callback_batch`` statuses per Meta POST) and a
-few senders POST them over one shared ``aiohttp.ClientSession``. Failures are counted
-and logged, never raised.
+handshake. Subscriptions are kept per callback URL (one per Crier page): two pages may name
+the same account (two workspaces trying the same phone number id), so a subscription may give
+the ``access_token`` its page sends with, and the receipts of a message go to the subscription
+whose token sent it (else to the account's subscriptions that gave no token).
+
+Receipts of accepted messages wait in one heap until due; a flusher groups the due ones
+per subscription (up to ``callback_batch`` statuses per Meta POST) and a few senders POST
+them over one shared ``aiohttp.ClientSession``. Failures are counted and logged, never raised.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import aiohttp
 
 from tasks.sandbox.behaviour import Behaviour
 from tasks.sandbox.ledger import EVOLUTION, MESSENGER, WHATSAPP, Message
-from tasks.sandbox.wire import digits_of, display_phone_number, messenger_account
+from tasks.sandbox.wire import digits_of, display_phone_number, fingerprint, messenger_account
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +59,14 @@ class Subscription:
     secret: str
     verify_token: str | None = None
     waba_id: str | None = None
+    sender: str | None = None  # fingerprint of the page's sending token; None: every sender's receipts
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "account": self.account, "callback_url": self.callback_url}
+
+    def receives(self, message: Message) -> bool:
+        """Whether this subscription gets the receipts of ``message`` (sent through its account)."""
+        return self.sender is None or self.sender == message.sender
 
 
 Receipt = tuple[str, str, str | None, str]
@@ -214,7 +223,8 @@ class Receipts:
 
     def __init__(self, behaviour: Behaviour) -> None:
         self.behaviour = behaviour
-        self.subscriptions: dict[tuple[str, str], Subscription] = {}
+        self.subscriptions: dict[str, Subscription] = {}  # by callback URL: one per Crier page
+        self._by_account: dict[tuple[str, str], list[Subscription]] = {}
         self._due: list[tuple[float, int, Subscription, Receipt]] = []
         self._order = itertools.count()
         self._outbox: asyncio.Queue[tuple[Subscription, list[Receipt]]] | None = None
@@ -248,6 +258,7 @@ class Receipts:
 
     def reset(self) -> None:
         self.subscriptions.clear()
+        self._by_account.clear()
         self._due.clear()
         if self._outbox is not None:
             while not self._outbox.empty():
@@ -267,8 +278,11 @@ class Receipts:
         callback_url = _required(payload, "callback_url")
         if not callback_url.startswith(("http://", "https://")):
             raise SubscriptionError("callback_url must be an http(s) URL")
+        token = payload.get("access_token")
+        sender = fingerprint(token) if isinstance(token, str) and token else None
         if kind == EVOLUTION:
-            subscription = Subscription(kind, account, callback_url, _required(payload, "webhook_token"))
+            secret = _required(payload, "webhook_token")
+            subscription = Subscription(kind, account, callback_url, secret, sender=sender)
         else:
             if kind == MESSENGER:
                 account = messenger_account(account)
@@ -280,9 +294,14 @@ class Receipts:
                 _required(payload, "app_secret"),
                 _required(payload, "verify_token"),
                 waba_id if isinstance(waba_id, str) and waba_id else None,
+                sender,
             )
             await self._handshake(subscription)
-        self.subscriptions[kind, account] = subscription
+        self.subscriptions.pop(callback_url, None)
+        self.subscriptions[callback_url] = subscription  # the latest subscription of a page replaces it
+        self._by_account.clear()
+        for known in self.subscriptions.values():
+            self._by_account.setdefault((known.kind, known.account), []).append(known)
         return subscription
 
     async def _handshake(self, subscription: Subscription) -> None:
@@ -308,22 +327,24 @@ class Receipts:
             )
 
     def accepted(self, message: Message, message_id: str, now: float) -> None:
-        """Schedule the receipts of an accepted message, if its account is subscribed."""
-        subscription = self.subscriptions.get((message.kind, message.account))
-        if subscription is None:
+        """Schedule the receipts of an accepted message for the page that sent it, if subscribed."""
+        subscribed = self._by_account.get((message.kind, message.account))
+        if not subscribed:
             return
         config = self.behaviour.config
         if not config.callbacks:
             return
-        delivered: Receipt = (DELIVERED, message.recipient, message.reference, message_id)
-        heapq.heappush(
-            self._due, (now + config.delivered_after_ms / 1000, next(self._order), subscription, delivered)
-        )
+        senders = [s for s in subscribed if s.sender is not None and s.sender == message.sender]
+        targets = senders or [s for s in subscribed if s.sender is None]
+        if not targets:
+            return
+        due = [(now + config.delivered_after_ms / 1000, DELIVERED)]
         if self.behaviour.wants_read_receipt():
-            read: Receipt = (READ, message.recipient, message.reference, message_id)
-            heapq.heappush(
-                self._due, (now + config.read_after_ms / 1000, next(self._order), subscription, read)
-            )
+            due.append((now + config.read_after_ms / 1000, READ))
+        for subscription in targets:
+            for at, status in due:
+                receipt: Receipt = (status, message.recipient, message.reference, message_id)
+                heapq.heappush(self._due, (at, next(self._order), subscription, receipt))
 
     async def _flush_forever(self) -> None:
         while True:
@@ -411,9 +432,13 @@ class Receipts:
             account = messenger_account(account)
         sender = _required(payload, "sender")
         text = _required(payload, "text")
-        subscription = self.subscriptions.get((kind, account))
-        if subscription is None:
+        subscribed = self._by_account.get((kind, account), [])
+        callback_url = payload.get("callback_url")
+        if callback_url:  # which page's subscription, when several pages name this account
+            subscribed = [s for s in subscribed if s.callback_url == callback_url]
+        if not subscribed:
             raise LookupError(f"no {kind} subscription for account {account}")
+        subscription = subscribed[-1]
         name = payload.get("name")
         if not isinstance(name, str) or not name:
             name = f"Sandbox Contact {sender[-4:]}"

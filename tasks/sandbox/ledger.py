@@ -40,6 +40,7 @@ class Message:
     recipient: str
     body: str
     reference: str | None
+    sender: str | None = None  # fingerprint of the credential it was sent with (see wire.fingerprint)
 
 
 class AccountTally:

@@ -82,6 +82,12 @@ def digits_of(address: str) -> str:
 
 
 @lru_cache(maxsize=4096)
+def fingerprint(credential: str) -> str:
+    """A short digest naming the credential a message was sent with, so receipts go to the page that
+    holds it (two pages may share a phone number id) without the sandbox keeping the secret."""
+    return hashlib.sha256(credential.encode()).hexdigest()[:32]
+
+
 def page_id_for_token(token: str) -> str:
     """The (deterministic, 15-digit) Messenger page a page access token belongs to."""
     digest = int.from_bytes(hashlib.sha256(token.encode()).digest()[:8], "big")
@@ -191,7 +197,7 @@ class WhatsApp:
 
     async def read(self, request: web.Request) -> Message:
         account = request.match_info["node"]
-        graph_token(request)
+        token = graph_token(request)
         if account == MISSING_ACCOUNT:
             raise Answered("not_found", self.unknown_object(account), account)
         payload = await graph_json(request, account)
@@ -203,7 +209,7 @@ class WhatsApp:
             raise graph_bad_request("The parameter to is required.", account)
         body = self._body(payload, account)
         reference = _text(payload.get("biz_opaque_callback_data"))
-        return Message(WHATSAPP, account, recipient, body, reference)
+        return Message(WHATSAPP, account, recipient, body, reference, fingerprint(token))
 
     @staticmethod
     def _body(payload: dict[str, Any], account: str) -> str:
@@ -332,7 +338,8 @@ class Messenger:
     messaging_types = ("RESPONSE", "UPDATE", "MESSAGE_TAG")
 
     async def read(self, request: web.Request) -> Message:
-        account = page_id_for_token(graph_token(request))
+        token = graph_token(request)
+        account = page_id_for_token(token)
         payload = await graph_json(request, account)
         recipient_field = payload.get("recipient")
         recipient = _text(recipient_field.get("id")) if isinstance(recipient_field, dict) else None
@@ -360,7 +367,8 @@ class Messenger:
             text = f"[{attachment.get('type', 'file')}] {url or ''}".rstrip()
         if text is None:
             raise graph_bad_request("param message must be non-empty", account)
-        return Message(MESSENGER, account, recipient, text, _text(message.get("metadata")))
+        reference = _text(message.get("metadata"))
+        return Message(MESSENGER, account, recipient, text, reference, fingerprint(token))
 
     def accepted(self, message: Message, message_id: str) -> web.Response:
         return json_response({"recipient_id": message.recipient, "message_id": message_id})
@@ -434,7 +442,8 @@ class Evolution:
                 ),
                 instance,
             )
-        return Message(EVOLUTION, instance, digits_of(number) or number, text, None)
+        sender = fingerprint(request.headers.get("apikey", ""))
+        return Message(EVOLUTION, instance, digits_of(number) or number, text, None, sender)
 
     def accepted(self, message: Message, message_id: str) -> web.Response:
         return json_response(
