@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import dramatiq
 import redis
@@ -47,7 +46,7 @@ from tasks.progress import emit_campaign_event
 from tasks.providers import adapter_for
 from tasks.providers.base import Outcome, OutgoingMessage, PageConnection, SendResult, TemplateRef
 from tasks.providers.http import make_client
-from tasks.providers.ssrf import UrlGuard
+from tasks.providers.ssrf import UrlGuard, allowed_private_hosts
 from tenants.campaigns import (
     RENDER_COLUMNS,
     Campaign,
@@ -189,15 +188,6 @@ def redis_client(app=None) -> redis.Redis:
 
 def rate_limiter() -> RateLimiter:
     return RateLimiter(redis_client(), current_app.config["REDIS_PREFIX"], warm_up=WARM_UP)
-
-
-def allowed_private_hosts(config) -> frozenset[str]:
-    """Outside production the local sandbox (HTTP and SMTP) may be reached although it is on loopback."""
-    if config["CRIER_ENV"] == "production":
-        return frozenset(config.get("EXTRA_ALLOWED_HOSTS") or ())
-    parts = urlsplit(config["SANDBOX_URL"])
-    hosts = {f"{parts.hostname}:{parts.port or 80}", f"{parts.hostname}:{config['SANDBOX_SMTP_PORT']}"}
-    return frozenset(hosts | set(config.get("EXTRA_ALLOWED_HOSTS") or ()))
 
 
 def with_db_retry(work: Callable[[], T], what: str, attempts: int = 5) -> T:

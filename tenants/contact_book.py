@@ -14,7 +14,7 @@ from tenants.db import db, utcnow
 from tenants.models import Tenant
 from tenants.phones import InvalidPhone, to_e164
 from tenants.scoping import current_tenant_id
-from tenants.segments import segment_filter
+from tenants.segments import custom_field_text, segment_filter
 from tenants.spreadsheet import neutralise_row
 
 PAGE_SIZE = 50
@@ -66,7 +66,7 @@ class ContactFilter:
         if self.opted_out is not None:
             query = query.where(Contact.opted_out.is_(self.opted_out))
         if self.field:
-            query = query.where(Contact.custom_fields[self.field].as_string() == self.value)
+            query = query.where(custom_field_text(self.field) == self.value)
         if self.segment is not None:
             query = query.where(segment_filter(self.segment.conditions, self.segment.match, self.timezone))
         return query

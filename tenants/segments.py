@@ -14,7 +14,8 @@ Text comparisons ignore case. Dates are written ``YYYY-MM-DD``; ``before`` is st
 before that day and ``after`` strictly after it. A custom field compares as a date when it
 starts with ``YYYY-MM-DD`` (so ``2024-05-01T10:00`` counts); other values never match
 ``before`` or ``after``. ``not_equals`` and ``not_contains`` match contacts without the
-field. One expression serves PostgreSQL (JSONB ``->>``) and SQLite (``json_extract``).
+field. :func:`custom_field_text` reads a custom field on PostgreSQL (JSONB ``->>``) and
+SQLite (``json_each``), whatever characters its name holds.
 
 Validate with :func:`validate_conditions` (messages for the user); building a filter from
 invalid conditions raises :class:`SegmentError`, never matching more than was asked for.
@@ -29,8 +30,24 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import ColumnElement, Select, and_, exists, false, func, not_, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from tenants.contacts import Contact, ContactListMember
 from tenants.db import db
@@ -72,6 +89,33 @@ _FIELD_ALIASES = {"firstName": "first_name", "lastName": "last_name", "lists": "
 _ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 _VALUELESS = ("is_empty", "not_empty")
+
+
+class _CustomFieldText(FunctionElement[str]):
+    """``contacts.custom_fields[key]`` as text, NULL when the contact has no such field."""
+
+    type = String()
+    inherit_cache = True
+    name = "custom_field_text"
+
+
+@compiles(_CustomFieldText)
+def _custom_field_text(element: _CustomFieldText, compiler: SQLCompiler, **kw: Any) -> str:
+    document, key = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"({document} ->> {key})"
+
+
+@compiles(_CustomFieldText, "sqlite")
+def _custom_field_text_sqlite(element: _CustomFieldText, compiler: SQLCompiler, **kw: Any) -> str:
+    """By key, not by a JSON path, which cannot hold every name (``a"b`` broke it, ``a".x`` read
+    another field). Both pieces are compiled clauses, a column and a bound parameter."""
+    document, key = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"(SELECT CAST(f.value AS TEXT) FROM json_each({document}) AS f WHERE f.key = {key})"  # noqa: S608
+
+
+def custom_field_text(key: str) -> ColumnElement[str]:
+    """A contact's custom field ``key`` as text (NULL when absent), for any key a contact may have."""
+    return _CustomFieldText(Contact.custom_fields, literal(key, String()))
 
 
 class SegmentError(ValueError):
@@ -199,7 +243,7 @@ def _condition(condition: Mapping[str, Any], zone: tzinfo) -> ColumnElement[bool
     if field in TEXT_FIELDS:
         return _text_condition(TEXT_FIELDS[field], op, value, phone=field == "phone")
     if field.startswith("custom."):
-        stored = Contact.custom_fields[field[7:].strip()].as_string()
+        stored = custom_field_text(field[7:].strip())
         if op in DATE_OPS:
             day = func.substr(stored, 1, 10)
             looks_like_a_date = stored.regexp_match("^[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -282,6 +326,7 @@ __all__ = [
     "SegmentError",
     "audience_query",
     "count_matching",
+    "custom_field_text",
     "field_ops",
     "segment_filter",
     "validate_conditions",

@@ -4,8 +4,11 @@ Templates use Jinja syntax on a deliberately small language: ``{{ variables }}``
 ``default`` filter and a few other filters, ``{% if %}``, ``{% for %}``, ``{% set %}``,
 ``{% with %}`` and ``{% filter %}``. What a template may reach is only the variables it is
 given (see :func:`contact_variables`); attributes are limited to a few string, list and
-dict methods; no other template can be included, imported or extended; and every
-operation that could make a huge value or loop for long is bounded. Text parts are not
+dict methods; no other template can be included, imported or extended; every
+operation that could make a huge value or loop for long is bounded; and only plain values
+(text, numbers, true/false, dates) are printed: a method, a function, a dict or a list is
+refused with a problem naming it (found when saving where the source shows it, else when
+rendering), never printed as Python's description of an object. Text parts are not
 HTML and are rendered without escaping; ``html_body`` is autoescaped.
 
 A variable a contact lacks and that has no ``default`` is reported in
@@ -24,6 +27,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
+from datetime import date, time
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any, NamedTuple, Protocol
 
@@ -427,7 +432,53 @@ def _bounded_loop(context: Context, iterable: Iterable[Any]) -> Iterator[Any]:
     return _counted(iterable)
 
 
-_LOOP_FILTER, _CONCAT_FILTER = "_crier_loop", "_crier_concat"
+_PLAIN_VALUES = (str, int, float, Decimal, date, time, type(None))
+
+
+def _not_printable(value: Any, label: str | None) -> str | None:
+    """Why ``value`` (written ``label`` in the template, if known) must not be printed; None if it may."""
+    if isinstance(value, (*_PLAIN_VALUES, Undefined)):
+        return None
+    what = f"'{label}'" if label else "A value"
+    if callable(value):
+        return f"{what} is a method or function, not a value to print"
+    if isinstance(value, Mapping):
+        return f"{what} holds several values; print one of them" + (
+            f', such as {label}["key"]' if label else ""
+        )
+    if isinstance(value, list | tuple):
+        join = f"({label}[0]) or join them ({label}|join(', '))" if label else "or join them (|join(', '))"
+        return f"{what} is a list; print one item {join}"
+    return f"{what} is not something a message can print"
+
+
+def _printed(value: Any, label: str | None) -> Any:
+    """Every ``{{ expression }}`` passes here: plain values go on, anything else is a problem."""
+    reason = _not_printable(value, label)
+    if reason is not None:
+        raise SecurityError(reason)
+    return value
+
+
+def _source_of(node: nodes.Node) -> str | None:
+    """A variable, attribute or item written back as template text (``custom.items``); else None."""
+    if isinstance(node, nodes.Name):
+        return node.name
+    if isinstance(node, nodes.Getattr | nodes.Getitem):
+        inner = _source_of(node.node)
+        if inner is None:
+            return None
+        if isinstance(node, nodes.Getattr):
+            return f"{inner}.{node.attr}"
+        key = node.arg.value if isinstance(node.arg, nodes.Const) else None
+        if isinstance(key, int):
+            return f"{inner}[{key}]"
+        if isinstance(key, str):
+            return f'{inner}["{key}"]'
+    return None
+
+
+_LOOP_FILTER, _CONCAT_FILTER, _PRINT_FILTER = "_crier_loop", "_crier_concat", "_crier_print"
 _ALLOWED_FILTERS = _words(
     "abs capitalize count d default e escape filesizeformat first float forceescape int last "
     "length list lower max min reverse round safe sort string striptags sum title trim "
@@ -450,7 +501,7 @@ def _make_environment(autoescape: bool) -> _Sandbox:
         center=_center,
         replace=_replace,
         join=_join,
-        **{_LOOP_FILTER: _bounded_loop, _CONCAT_FILTER: _bounded_concat},
+        **{_LOOP_FILTER: _bounded_loop, _CONCAT_FILTER: _bounded_concat, _PRINT_FILTER: _printed},
     )
     env.globals = {"range": env.globals["range"]}
     return env
@@ -590,7 +641,19 @@ class _Scan:
 
 
 class _Bound(NodeTransformer):
-    """Counts every loop iteration and bounds every ``~`` concatenation."""
+    """Counts every loop iteration, bounds every ``~`` concatenation and checks every printed value."""
+
+    def visit_Output(self, node: nodes.Output) -> nodes.Output:
+        self.generic_visit(node)
+        node.nodes = [
+            child
+            if isinstance(child, nodes.TemplateData)
+            else nodes.Filter(
+                child, _PRINT_FILTER, [nodes.Const(_source_of(child))], [], None, None, lineno=child.lineno
+            )
+            for child in node.nodes
+        ]
+        return node
 
     def visit_For(self, node: nodes.For) -> nodes.For:
         self.generic_visit(node)
@@ -601,6 +664,37 @@ class _Bound(NodeTransformer):
         self.generic_visit(node)
         parts = nodes.List(list(node.nodes), lineno=node.lineno)
         return nodes.Filter(parts, _CONCAT_FILTER, [], [], None, None, lineno=node.lineno)
+
+
+_DICT_METHODS = next(names for kind, names in _SAFE_METHODS if kind is dict)
+_VALUE_METHODS = frozenset().union(*(names for kind, names in _SAFE_METHODS if kind is not dict))
+
+
+def _unprintable_problems(ast: nodes.Template) -> list[TemplateProblem]:
+    """What the source shows cannot be printed: a method named without calling it
+    (``{{ custom.items }}``, ``{{ firstName.upper }}``), or ``custom`` or ``range`` themselves."""
+    called = {id(call.node) for call in ast.find_all(nodes.Call)}
+    problems = []
+    for node in ast.find_all(nodes.Getattr):
+        inner = node.node
+        if id(node) in called or (isinstance(inner, nodes.Name) and inner.name == "loop"):
+            continue
+        on_custom = isinstance(inner, nodes.Name) and inner.name == "custom"
+        if node.attr in (_DICT_METHODS if on_custom else _VALUE_METHODS):
+            label = _source_of(node) or node.attr
+            hint = f'; for the custom field {node.attr}, write custom["{node.attr}"]' if on_custom else ""
+            problems.append(
+                TemplateProblem(
+                    "", f"'{label}' is a method, not a value to print{hint}", node.lineno, None, "forbidden"
+                )
+            )
+    for output in ast.find_all(nodes.Output):
+        for child in output.nodes:
+            if isinstance(child, nodes.Name) and child.name in ("custom", "range"):
+                value = {"custom": {}, "range": range}[child.name]
+                reason = _not_printable(value, child.name) or ""
+                problems.append(TemplateProblem("", reason, child.lineno, None, "forbidden"))
+    return problems
 
 
 def _variables_in(ast: nodes.Template, env: _Sandbox) -> tuple[frozenset[str], frozenset[str]]:
@@ -656,7 +750,7 @@ def _compile_source(source: str, html: bool) -> _CompiledSource:
         return _CompiledSource(None, (scan.syntax_problem("", exc),))
     except Exception as exc:  # nesting deep enough to exhaust the parser's recursion
         return _CompiledSource(None, (TemplateProblem("", _describe(exc)),))
-    problems = scan.static_problems("")
+    problems = scan.static_problems("") or _unprintable_problems(ast)
     if problems:
         return _CompiledSource(None, tuple(problems))
     try:
@@ -792,9 +886,6 @@ class CompiledTemplate:
             self._too_long(text, subject),
             tuple(problems) if problems else _NO_PROBLEMS,
         )
-
-    def render_contact(self, contact: Any) -> RenderedMessage:
-        return self.render(contact_variables(contact))
 
     def _too_long(self, text: str, subject: str | None) -> str | None:
         limits = CHANNEL_LIMITS.get(self.channel) if self.channel else None

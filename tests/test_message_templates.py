@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from html import unescape
+
 from sqlalchemy import select
 
 from tenants.contacts import Contact, ContactList, ContactListMember
@@ -82,3 +84,24 @@ def test_rendered_length_is_checked_against_the_channel(auth):
     auth.signup()
     html = _preview(auth, channel="messenger", body="{{ 'x' * 2100 }}")
     assert "2,100 characters of 2,000" in html
+
+
+def test_a_method_is_refused_when_saving_and_previewing_never_printed(app, auth):
+    """``{{ custom.items }}`` printed ``<built-in method items of dict object at 0x…>``."""
+    auth.signup()
+    ids = _seed(app)
+    saved = auth.post("/templates/new?channel=whatsapp", {"name": "Leaky", "body": "Hi {{ custom.items }}"})
+    html = unescape(saved.get_data(as_text=True))
+    assert saved.status_code == 400
+    assert "body, line 1: 'custom.items' is a method, not a value to print" in html
+    assert 'for the custom field items, write custom["items"]' in html
+    with app.app_context(), all_tenants(db.session):
+        assert db.session.scalar(select(Template)) is None
+
+    preview = unescape(_preview(auth, body="Hi {{ custom.items }} {{ loop }}", contact_id=str(ids["ana"])))
+    assert "'custom.items' is a method" in preview and " at 0x" not in preview and "built-in" not in preview
+    for_a_list = unescape(
+        _preview(auth, body="{% for x in [1] %}{{ loop.cycle }}{% endfor %}", contact_id=str(ids["ana"]))
+    )
+    assert "'loop.cycle' is a method or function, not a value to print" in for_a_list
+    assert " at 0x" not in for_a_list

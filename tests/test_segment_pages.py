@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
+from flask_migrate import upgrade
 from sqlalchemy import select
 
 from tenants.contacts import Contact, Segment
 from tenants.db import db
 from tenants.models import Tenant
 from tenants.scoping import all_tenants, tenant
+from tests.conftest import Auth, built_app
 
 BERLIN_PROS = {
     "name": "Berlin pros",
@@ -72,3 +77,61 @@ def test_save_a_segment_and_browse_its_contacts(app, auth, client):
     assert "Berlin pros" in client.get("/segments").get_data(as_text=True)
     auth.post(f"/segments/{segment.id}/delete")
     assert client.get(f"/contacts?segment={segment.id}").status_code == 404
+
+
+def test_the_live_count_answers_a_plain_post_with_a_clear_400(app, auth):
+    auth.signup()
+    answer = auth.post("/segments/count", BERLIN_PROS)  # no HX-Request: not the builder's own request
+    assert answer.status_code == 400
+    assert "only answers the live count of the segment builder" in answer.get_data(as_text=True)
+
+
+QUOTED = 'a"b'  # a custom field name with a double quote (a CSV header can be anything)
+
+
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+def test_custom_fields_with_any_name_are_counted_and_filtered(tmp_path, database):
+    """On SQLite such a name went into a JSON path: a 500 when another field is called ``a``, and
+    ``a".x`` read the field ``a`` instead."""
+    config = {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'crier.db'}"} if database == "sqlite" else {}
+    with built_app(**config) as app:
+        if database == "sqlite":
+            with app.app_context():
+                upgrade()
+        auth = Auth(app.test_client())
+        auth.signup()
+        with app.app_context(), all_tenants(db.session):
+            tenant_id = db.session.scalar(select(Tenant.id))
+        with app.app_context(), tenant(db.session, tenant_id):
+            db.session.add_all(
+                [
+                    Contact(phone="+4915100000001", first_name="Quoted", custom_fields={QUOTED: "x"}),
+                    Contact(phone="+4915100000002", first_name="Nested", custom_fields={"a": {"x": "x"}}),
+                ]
+            )
+            db.session.commit()
+
+        def count(name: str, op: str = "equals") -> str:
+            form = {"field_0": "custom", "custom_0": name, "op_0": op, "value_0": "x"}
+            answer = auth.post("/segments/count", form, headers={"HX-Request": "true"})
+            assert answer.status_code == 200, answer.get_data(as_text=True)
+            return " ".join(re.sub(r"<[^>]+>", "", answer.get_data(as_text=True)).split())
+
+        assert count(QUOTED) == "1 contact matches"
+        assert count(QUOTED, "not_equals") == "1 contact matches"
+        assert count('a".x') == "0 contacts match"
+        assert count('a"]') == "0 contacts match"
+        saved = auth.post(
+            "/segments/new",
+            {"name": "Quoted", "field_0": "custom", "custom_0": QUOTED, "op_0": "equals", "value_0": "x"},
+        )
+        assert saved.status_code == 302
+        with app.app_context(), all_tenants(db.session):
+            segment_id = db.session.scalar(select(Segment.id))
+        listed = auth.client.get(f"/contacts?segment={segment_id}").get_data(as_text=True)
+        assert ">Quoted<" in listed and ">Nested<" not in listed
+        filtered = auth.client.get("/contacts", query_string={"field": QUOTED, "value": "x"})
+        assert filtered.status_code == 200
+        assert ">Quoted<" in filtered.get_data(as_text=True) and ">Nested<" not in filtered.get_data(
+            as_text=True
+        )

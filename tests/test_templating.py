@@ -292,3 +292,39 @@ def test_compiling_is_cached_and_rendering_is_fast():
         compiled.render(v)
     per_second = len(variables) / (time.perf_counter() - started)
     assert per_second > 10_000, f"{per_second:,.0f} renders/s"  # about 80,000 on one idle core
+
+
+UNPRINTABLE = [  # (source, the problem, found before rendering)
+    ("{{ custom.items }}", "'custom.items' is a method, not a value to print", True),
+    ("{{ firstName.upper }}", "'firstName.upper' is a method, not a value to print", True),
+    ("{{ range }}", "'range' is a method or function, not a value to print", True),
+    ("{{ custom }}", "'custom' holds several values; print one of them, such as custom[\"key\"]", True),
+    ("{% set f = custom.get %}{{ f }}", "'custom.get' is a method", True),
+    ("{% for x in [1] %}{{ loop.cycle }}{% endfor %}", "'loop.cycle' is a method or function", False),
+    ("{{ custom.tags }}", "'custom.tags' is a list; print one item (custom.tags[0]) or join them", False),
+    ("{{ custom['Signup Day'].split() }}", "A value is a list", False),
+]
+
+
+@pytest.mark.parametrize(("source", "complaint", "static"), UNPRINTABLE)
+def test_only_plain_values_are_printed_never_an_objects_description(source, complaint, static):
+    """``{{ custom.items }}`` printed ``<built-in method items of dict object at 0x…>``."""
+    contact = ana(custom_fields={**ana().custom_fields, "tags": ["vip", "early"]})
+    rendered = render(message(f"Hi {source}"), contact_variables(contact))
+    assert any(complaint in p.message for p in rendered.problems), rendered.problems
+    assert " at 0x" not in rendered.text and "<" not in rendered.text and not rendered.ok
+    saved = check_template(message(source))
+    assert any(complaint in p.message and p.line == 1 for p in saved) is static, saved
+
+
+def test_plain_values_and_called_methods_still_print():
+    contact = ana(custom_fields={"items": "3 boxes", "tags": ["vip", "early"], "score": 4.5, "vip": True})
+    source = (
+        "{{ custom['items'] }}; {{ custom.tags|join(', ') }}; {{ custom.tags[0] }}; {{ custom.score }};"
+        " {{ custom.vip }}; {{ firstName.upper() }}; {{ custom.keys()|list|length }};"
+        " {% for key, value in custom.items() %}{{ key }}{% endfor %}; {% for x in custom.tags %}"
+        "{{ loop.index }}{% endfor %}"
+    )
+    rendered = render(message(source), contact_variables(contact))
+    assert rendered.problems == () and check_template(message(source)) == []
+    assert rendered.text == "3 boxes; vip, early; vip; 4.5; True; ANA; 4; itemstagsscorevip; 12"

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, flash, g, redirect, render_template, url_for
+from flask import Blueprint, current_app, flash, g, redirect, render_template, url_for
 from flask_login import current_user
 from htmx_flask import request
 from sqlalchemy import func, select
 
 from tasks import channel_checks, lifecycle
+from tasks.providers.ssrf import allowed_private_hosts
 from tenants.campaigns import (
     DAILY_LIMIT_PAUSES,
     EXCLUSION_TEXT,
@@ -52,8 +53,7 @@ from tenants.templates import Template
 from tenants.templating import compile_template, contact_variables
 from tenants.usage import Forecast, forecast
 from webapp.message_templates import SAMPLE_VARIABLES
-from webapp.pages import allowed_private_hosts
-from webapp.rendering import render_page
+from webapp.rendering import fragment_only, render_page
 from webapp.tenancy import member_required
 
 bp = Blueprint("campaigns", __name__)
@@ -410,6 +410,7 @@ def edit(campaign_id: int):
 @member_required
 def audience():
     """The live count under the editor: who will receive the campaign and who is left out, and why."""
+    fragment_only("campaign editor")
     fields = _submitted_fields()
     draft = Campaign(
         page_id=_as_id(fields["page_id"]),
@@ -564,7 +565,7 @@ def test_send(campaign_id: int):
         if not rendered.ok:
             raise CampaignError(rendered.too_long or f"The message has a problem: {rendered.problems[0]}")
         outcome = channel_checks.test_send(
-            channel_checks.connection_for(page, allowed_private_hosts()),
+            channel_checks.connection_for(page, allowed_private_hosts(current_app.config)),
             address,
             rendered.text,
             subject=rendered.subject or "Test from Crier",

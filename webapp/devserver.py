@@ -20,7 +20,7 @@ from flask_migrate import upgrade
 from sqlalchemy import select
 
 from tasks import channel_checks, lifecycle
-from tasks.dispatch import allowed_private_hosts
+from tasks.providers.ssrf import allowed_private_hosts
 from tenants.audit import Actor, acting_as
 from tenants.db import db
 from tenants.demo import DEMO_CONTACTS, DEMO_EMAIL, first_campaign_draft, refresh_demo

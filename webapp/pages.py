@@ -8,6 +8,7 @@ from flask import Blueprint, abort, current_app, flash, g, redirect, render_temp
 from sqlalchemy import select
 
 from tasks import channel_checks
+from tasks.providers.ssrf import allowed_private_hosts
 from tenants import audit
 from tenants.db import db
 from tenants.pages import (
@@ -42,14 +43,6 @@ def sandbox_base_url(kind: ProviderKind) -> str:
     if kind is ProviderKind.WEBHOOK:
         return f"{sandbox}/webhook/{g.workspace.tenant.slug}"
     return sandbox
-
-
-def allowed_private_hosts() -> frozenset[str]:
-    """Outside production, the local sandbox may be reached although it is on loopback."""
-    if current_app.config["CRIER_ENV"] == "production":
-        return frozenset()
-    parts = urlsplit(current_app.config["SANDBOX_URL"])
-    return frozenset({f"{parts.hostname}:{parts.port or 80}"})
 
 
 def webhook_url(page: Page) -> str:
@@ -194,7 +187,9 @@ def delete(page_id: int):
 @member_required
 def verify(page_id: int):
     page = db.get_or_404(Page, page_id)
-    result = channel_checks.verify(channel_checks.connection_for(page, allowed_private_hosts()))
+    result = channel_checks.verify(
+        channel_checks.connection_for(page, allowed_private_hosts(current_app.config))
+    )
     record_verification(page, result.ok, result.detail)
     notice = None
     if result.ok and page.base_url.startswith(current_app.config["SANDBOX_URL"].rstrip("/")):
@@ -217,7 +212,7 @@ def verify(page_id: int):
 
 
 @bp.post("/pages/<int:page_id>/test-send")
-@member_required
+@member_required(manage=True)
 def test_send(page_id: int):
     page = db.get_or_404(Page, page_id)
     address = (request.form.get("address") or "").strip()
@@ -228,7 +223,7 @@ def test_send(page_id: int):
     else:
         error = None
         outcome = channel_checks.test_send(
-            channel_checks.connection_for(page, allowed_private_hosts()),
+            channel_checks.connection_for(page, allowed_private_hosts(current_app.config)),
             address,
             text,
             subject=request.form.get("subject") or "Test from Crier",

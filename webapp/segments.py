@@ -9,7 +9,7 @@ from tenants.contact_book import custom_field_names
 from tenants.contacts import ContactList, Segment
 from tenants.db import db
 from tenants.segments import FIELD_OPS, MATCHES, OPERATORS, count_matching, validate_conditions
-from webapp.rendering import render_page
+from webapp.rendering import fragment_only, render_page
 from webapp.tenancy import member_required
 
 bp = Blueprint("segments", __name__)
@@ -107,6 +107,7 @@ def delete(segment_id: int):
 @member_required
 def count():
     """The live count under the builder, recomputed as conditions change."""
+    fragment_only("segment builder")
     conditions, match = _conditions_from_form()
     problems = validate_conditions(conditions, match)
     total = None if problems else count_matching(conditions, match)

@@ -15,7 +15,8 @@ A tenant chooses where Crier sends requests for some pages, so a URL such as
   past it.
 
 ``allowed_hosts`` ("host:port" strings, for the sandbox in development and tests) bypasses
-the check for exactly those hosts and ports.
+the check for exactly those hosts and ports; :func:`allowed_private_hosts` is the one rule
+that decides them from the configuration, for every outbound call (campaigns, Verify, Test send).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import errno
 import ipaddress
 import re
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -57,6 +58,22 @@ class BlockedAddressError(OSError):
         super().__init__(errno.EACCES, f"refused by the SSRF guard: {category} address {describe(address)}")
         self.address = address
         self.category = category
+
+
+def allowed_private_hosts(config: Mapping[str, Any]) -> frozenset[str]:
+    """The internal "host:port" endpoints pages may reach despite the guard, from the app's config.
+
+    Always the operator's ``EXTRA_ALLOWED_HOSTS`` (``CRIER_ALLOWED_PRIVATE_HOSTS``); outside
+    production also the local sandbox, over HTTP and SMTP, although it is on loopback. A
+    campaign, Verify and Test send all ask this, so what one may reach the others may too.
+    """
+    extra = {str(host) for host in config.get("EXTRA_ALLOWED_HOSTS") or ()}
+    if config["CRIER_ENV"] == "production":
+        return frozenset(extra)
+    sandbox = urlsplit(config["SANDBOX_URL"])
+    http_port = sandbox.port or _DEFAULT_PORTS.get(sandbox.scheme, 80)
+    sandbox_hosts = {f"{sandbox.hostname}:{http_port}", f"{sandbox.hostname}:{config['SANDBOX_SMTP_PORT']}"}
+    return frozenset(sandbox_hosts | extra)
 
 
 def address_category(address: str | IPAddress) -> str | None:

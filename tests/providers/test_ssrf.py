@@ -14,7 +14,13 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from tasks.providers import adapter_for, make_client
 from tasks.providers.base import Outcome, PageConnection, ProviderKind, SendResult
-from tasks.providers.ssrf import BlockedAddressError, BlockedDestination, UrlGuard, address_category
+from tasks.providers.ssrf import (
+    BlockedAddressError,
+    BlockedDestination,
+    UrlGuard,
+    address_category,
+    allowed_private_hosts,
+)
 from tests.providers import (
     MESSAGE,
     SECRETS,
@@ -325,3 +331,22 @@ async def _send_with(adapter) -> SendResult:
         return await adapter.send(MESSAGE)
     finally:
         await adapter.client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("environment", "allowed"),
+    [
+        ("development", {"127.0.0.1:8025", "127.0.0.1:8026", "mail.internal:25"}),
+        ("test", {"127.0.0.1:8025", "127.0.0.1:8026", "mail.internal:25"}),
+        ("production", {"mail.internal:25"}),
+    ],
+)
+def test_one_rule_says_which_private_hosts_pages_may_reach(environment, allowed):
+    """The sandbox (HTTP and SMTP) outside production, and the operator's CRIER_ALLOWED_PRIVATE_HOSTS."""
+    config = {
+        "CRIER_ENV": environment,
+        "SANDBOX_URL": "http://127.0.0.1:8025",
+        "SANDBOX_SMTP_PORT": 8026,
+        "EXTRA_ALLOWED_HOSTS": ["mail.internal:25"],
+    }
+    assert allowed_private_hosts(config) == allowed
