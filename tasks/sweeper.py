@@ -4,8 +4,9 @@ Every second it settles what dead worker processes held (their heartbeat expired
 become ``unknown``, or ``pending`` for at-least-once pages, and their campaigns get new dispatch
 at once). Every ``SWEEP_SECONDS`` it also starts due scheduled campaigns, resumes quota- and
 throttle-paused ones whose time has come, resolves expired leases, relaunches dispatch for running
-campaigns whose chains went quiet, and processes stored callbacks and receipts nobody has handled. It runs as a thread inside every
-worker process (no extra process); on PostgreSQL an advisory lock lets one sweep at a time.
+campaigns whose chains went quiet, and processes stored callbacks and receipts nobody has handled.
+It runs as a thread inside every worker process (no extra process); on PostgreSQL an advisory
+lock lets one sweep at a time.
 It never relies on the broker redelivering a lost message.
 """
 
