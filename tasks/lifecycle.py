@@ -17,6 +17,7 @@ from sqlalchemy import select
 from tasks.dispatch import emit_progress, emit_state, launch_quietly, pause_campaigns
 from tasks.progress import emit_to_tenant
 from tenants import audit, campaigns, plans
+from tenants.accounts import TEST_AUDIENCE, sends_beyond_tests
 from tenants.campaigns import (
     DAILY_LIMIT_PAUSES,
     Campaign,
@@ -52,11 +53,26 @@ class Started:
     problem: str | None = None
 
 
+def check_sender_verified(campaign: Campaign) -> None:
+    """Refuse an audience beyond a test one while no owner of the workspace has verified their address
+    (a sign-up with someone else's address must not reach thousands)."""
+    if sends_beyond_tests(campaign.tenant_id):
+        return
+    recipients = campaigns.count_audience(campaign).recipients
+    if recipients > TEST_AUDIENCE:
+        raise CampaignError(
+            f"Verify your email address to send to more than {TEST_AUDIENCE} recipients: this campaign "
+            f"would reach {recipients:,}. Open the link we emailed to the workspace's owner (or resend it "
+            "from the banner at the top of the page); test sends work meanwhile."
+        )
+
+
 def start_campaign(campaign: Campaign, *, due_only: bool = False) -> Started:
     """Start (or schedule) a draft: deliveries created, dispatch launched, browsers told, audited."""
     tenant_row = db.session.get(Tenant, campaign.tenant_id)
     if tenant_row is not None and not tenant_row.is_active:
         raise CampaignError("The workspace is suspended: nothing is sent until it is reactivated.")
+    check_sender_verified(campaign)
     running = campaigns.start(campaign, due_only=due_only)
     if due_only and not running and campaign.state is CampaignState.SCHEDULED:
         return Started(False)

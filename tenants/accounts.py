@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import unicodedata
 import zoneinfo
@@ -13,11 +15,14 @@ import phonenumbers
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from email_validator import EmailNotValidError, validate_email
+from flask import current_app
+from itsdangerous import BadData, URLSafeTimedSerializer
 from sqlalchemy import delete, func, select
 
 from tenants import audit
 from tenants.db import db, utcnow
 from tenants.models import LoginFailure, Membership, Role, Tenant, TenantStatus, User
+from tenants.phones import country_for_timezone
 from tenants.plans import assign_plan, default_plan
 from tenants.scoping import all_tenants, tenant
 
@@ -96,11 +101,17 @@ def _unique_slug(name: str) -> str:
 
 
 def create_workspace(owner: User, name: str, timezone: str = "UTC") -> Tenant:
-    """A new tenant with ``owner`` as its owner (not committed)."""
+    """A new tenant with ``owner`` as its owner (not committed); the country of its national phone
+    numbers is the time zone's (``America/Sao_Paulo`` → BR) when the zone has one."""
     name = name.strip()
     if not name:
         raise AccountError("Give the workspace a name.")
-    new_tenant = Tenant(name=name[:120], slug=_unique_slug(name), timezone=check_timezone(timezone))
+    new_tenant = Tenant(
+        name=name[:120],
+        slug=_unique_slug(name),
+        timezone=check_timezone(timezone),
+        default_country=country_for_timezone(timezone),  # national numbers read as the zone's country's
+    )
     plan = default_plan()
     if plan is not None:
         assign_plan(new_tenant, plan)
@@ -142,13 +153,21 @@ def update_workspace(workspace: Tenant, name: str, timezone: str, default_countr
         )
 
 
-def sign_up(email: str, password: str, workspace_name: str, timezone: str = "UTC") -> tuple[User, Tenant]:
-    """Create a user and their first workspace in one step, and commit."""
+def create_account(email: str, password: str, *, verified: bool = False) -> User:
+    """A new user without a workspace (not committed); ``verified`` when the address is proven."""
     email = normalise_email(email)
     if db.session.scalar(select(User.id).where(User.email == email)) is not None:
         raise AccountError("An account with this email already exists. Sign in instead.")
-    user = User(email=email, password_hash=hash_password(password))
+    user = User(
+        email=email, password_hash=hash_password(password), email_verified_at=utcnow() if verified else None
+    )
     db.session.add(user)
+    return user
+
+
+def sign_up(email: str, password: str, workspace_name: str, timezone: str = "UTC") -> tuple[User, Tenant]:
+    """Create a user and their first workspace in one step, and commit."""
+    user = create_account(email, password)
     new_tenant = create_workspace(user, workspace_name, timezone)
     db.session.commit()
     return user, new_tenant
@@ -173,8 +192,8 @@ def _wait(now: datetime, email: str, ip: str, *, counting_this_one: bool = False
     return max(waits) if waits else None
 
 
-def authenticate(email: str, password: str, ip: str) -> User:
-    """Return the user for these credentials, or raise.
+def _checked_guess(email: str, password: str, ip: str) -> User:
+    """The user whose password this is, or raise; the one throttle on guessing passwords.
 
     Guessing is slowed per (account, address) and per address, never per account alone: a flood of
     wrong passwords from one place does not lock the owner out from another. The attempt is written
@@ -208,7 +227,13 @@ def authenticate(email: str, password: str, ip: str) -> User:
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
     db.session.execute(delete(LoginFailure).where(LoginFailure.email == email_key, LoginFailure.ip == ip))
-    user.last_login_at = now
+    return user
+
+
+def authenticate(email: str, password: str, ip: str) -> User:
+    """Return the user for these credentials, or raise (throttled: see :func:`_checked_guess`)."""
+    user = _checked_guess(email, password, ip)
+    user.last_login_at = utcnow()
     db.session.commit()
     return user
 
@@ -245,24 +270,6 @@ def check_owner_change(actor_role: Role, *roles: Role) -> None:
     """Only an owner makes, unmakes or adds an owner (an admin who could would take the workspace)."""
     if Role.OWNER in roles and actor_role is not Role.OWNER:
         raise AccountError("Only an owner can change who owns the workspace.")
-
-
-def add_member(actor_role: Role, email: str, role: Role) -> Membership:
-    """Add an existing user to the current tenant (not committed); only owners add owners."""
-    check_owner_change(actor_role, role)
-    email = normalise_email(email)
-    user = find_user(email)
-    if user is None:
-        raise AccountError(f"No Crier account uses {email}. Ask them to sign up first, then add them.")
-    if db.session.scalar(select(Membership.id).where(Membership.user_id == user.id)) is not None:
-        raise AccountError(f"{email} is already a member of this workspace.")
-    membership = Membership(user=user, role=role)
-    db.session.add(membership)
-    db.session.flush()
-    audit.record(
-        "member.added", tenant_id=membership.tenant_id, target=f"member {email}", after={"role": role.value}
-    )
-    return membership
 
 
 def _owners_left_without(membership: Membership) -> int:
@@ -318,7 +325,8 @@ def make_platform_admin(email: str, password: str | None) -> tuple[User, bool]:
     if user is None:
         if not password:
             raise AccountError("A new admin account needs a password.")
-        user = User(email=email, password_hash=hash_password(password))
+        # the operator who runs the CLI vouches for the address
+        user = User(email=email, password_hash=hash_password(password), email_verified_at=utcnow())
         db.session.add(user)
     elif password:
         user.password_hash = hash_password(password)
@@ -329,3 +337,97 @@ def make_platform_admin(email: str, password: str | None) -> tuple[User, bool]:
 
 def is_usable(workspace: Workspace | None) -> bool:
     return workspace is not None and workspace.tenant.status is TenantStatus.ACTIVE
+
+
+# --------------------------------------------------------------------------- passwords and addresses
+
+RESET_LINK_MAX_AGE = timedelta(minutes=30)
+VERIFICATION_LINK_MAX_AGE = timedelta(days=3)
+TEST_AUDIENCE = 10
+"""Recipients a campaign may reach while no owner of its workspace has verified their address."""
+
+
+def change_password(user: User, current: str, new: str, ip: str) -> None:
+    """Set a new password after checking the current one (guesses throttled as sign-ins are), and end
+    every session (not committed)."""
+    try:
+        _checked_guess(user.email, current, ip)
+    except TooManyAttempts:
+        raise
+    except AccountError:
+        raise AccountError("Your current password is not right.") from None
+    set_password(user, new)
+
+
+def set_password(user: User, new: str) -> None:
+    """A new password; every session of the user ends and every reset link dies (not committed)."""
+    user.password_hash = hash_password(new)
+    end_sessions(user)
+
+
+def _signer(purpose: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=f"crier-{purpose}")
+
+
+def _fingerprint(user: User) -> str:
+    """Changes with the password hash (a new salt each time), so a used reset link is dead."""
+    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:16]
+
+
+def _signed_user(token: str, purpose: str, max_age: timedelta) -> tuple[User, dict] | None:
+    try:
+        data = _signer(purpose).loads(token, max_age=int(max_age.total_seconds()))
+    except BadData:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("user"), int):
+        return None
+    user = db.session.get(User, data["user"])
+    return (user, data) if user is not None else None
+
+
+def reset_token(user: User) -> str:
+    """A signed link token for a password reset: 30 minutes, dead once the password changes."""
+    return _signer("password-reset").dumps({"user": user.id, "fp": _fingerprint(user)})
+
+
+def user_for_reset(token: str) -> User | None:
+    """The user a reset token is for while it is fresh and unused, else None."""
+    found = _signed_user(token, "password-reset", RESET_LINK_MAX_AGE)
+    if found is None or not hmac.compare_digest(str(found[1].get("fp")), _fingerprint(found[0])):
+        return None
+    return found[0]
+
+
+def verification_token(user: User) -> str:
+    """A signed link token proving the user reads mail at their address (3 days)."""
+    return _signer("email-verification").dumps({"user": user.id, "email": user.email})
+
+
+def verify_email(token: str) -> User | None:
+    """Mark the token's user verified (not committed); None for a stale or forged token."""
+    found = _signed_user(token, "email-verification", VERIFICATION_LINK_MAX_AGE)
+    if found is None or found[1].get("email") != found[0].email:
+        return None
+    user = found[0]
+    if user.email_verified_at is None:
+        user.email_verified_at = utcnow()
+    return user
+
+
+def sends_beyond_tests(tenant_id: int) -> bool:
+    """Whether the workspace may send to more than :data:`TEST_AUDIENCE` recipients: one of its
+    owners has verified their address (a new sign-up cannot spam from an address not theirs)."""
+    with all_tenants(db.session):
+        return (
+            db.session.scalar(
+                select(Membership.id)
+                .join(User, User.id == Membership.user_id)
+                .where(
+                    Membership.tenant_id == tenant_id,
+                    Membership.role == Role.OWNER,
+                    User.email_verified_at.is_not(None),
+                )
+                .limit(1)
+            )
+            is not None
+        )

@@ -96,6 +96,8 @@ ACTION_TEXT = {
     "page.created": "connected a page",
     "page.credentials_changed": "changed a page's credentials",
     "page.deleted": "deleted a page",
+    "member.invited": "invited someone",
+    "invitation.revoked": "revoked an invitation",
     "member.added": "added a member",
     "member.role_changed": "changed a member's role",
     "member.removed": "removed a member",

@@ -4,6 +4,7 @@ steps those tests take (sign up, connect a sandbox page, contacts on a list)."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
@@ -12,7 +13,7 @@ from sqlalchemy import insert
 from tenants.contacts import Contact, ContactList, ContactListMember
 from tenants.db import db
 from tenants.scoping import all_tenants, tenant
-from tests.conftest import ARTIFACTS, PASSWORD
+from tests.conftest import ARTIFACTS, PASSWORD, mark_verified
 from tests.factories import tenant_named
 
 CHROMIUM = os.environ.get("CRIER_CHROMIUM", "/usr/bin/chromium")
@@ -52,13 +53,17 @@ def page(browser, request):
 # --------------------------------------------------------------------------- what a person does first
 
 
-def sign_up(page, live_server: str, workspace: str, email: str) -> None:
-    """Create an account and its workspace through the sign-up page."""
+def sign_up(page, live_server: str, workspace: str, email: str, verified: bool = True) -> None:
+    """Create an account and its workspace through the sign-up page; ``verified``: then count its
+    address as verified, as if the emailed link had been opened (campaigns may reach everyone)."""
     page.goto(f"{live_server}/signup")
     page.get_by_label("Workspace name").fill(workspace)
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Create workspace").click()
+    expect(page).to_have_url(re.compile(r"/dashboard$"))
+    if verified:
+        mark_verified(email)
 
 
 def connect_sandbox_whatsapp(page, name: str, phone_number_id: str, rate: int | float) -> None:

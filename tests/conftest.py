@@ -37,6 +37,9 @@ DATABASE_NAME = f"crier_test_{RUN_ID}"
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 PASSWORD = "correct horse battery"
 SANDBOX_PORT, SANDBOX_SMTP_PORT = free_port(), free_port()
+# Crier's own mail goes to a sandbox of its own in tests, so provider ledgers count only campaign sends
+MAILBOX_PORT, MAILBOX_SMTP_PORT = free_port(), free_port()
+LINK = re.compile(r"https?://[^\s<>\"]+")
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)"')
 CSRF_INPUT = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 
@@ -58,6 +61,7 @@ def pytest_configure(config: pytest.Config) -> None:
         CRIER_INSTANCE_PATH=tempfile.mkdtemp(prefix="crier-instance-"),
         CRIER_SANDBOX_URL=f"http://127.0.0.1:{SANDBOX_PORT}",
         CRIER_SANDBOX_SMTP_PORT=str(SANDBOX_SMTP_PORT),
+        CRIER_MAIL_URL=f"smtp://crier:mailbox@127.0.0.1:{MAILBOX_SMTP_PORT}",
     )
     from flask_migrate import upgrade
 
@@ -125,6 +129,21 @@ def _clean_database() -> Iterator[None]:
         conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
 
 
+@pytest.fixture(autouse=True)
+def _forget_mail_throttles() -> Iterator[None]:
+    """Each test may email an address again at once (webapp.account counts emails per address in Redis)."""
+    yield
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"crier-test-{RUN_ID}*:throttle:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def client(app):
     return app.test_client()
@@ -141,6 +160,12 @@ def csrf_token(html: str) -> str:
     return found.group(1)
 
 
+def mark_verified(email: str) -> None:
+    """Count ``email``'s account as verified, as if its owner had opened the emailed link."""
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        conn.execute("UPDATE users SET email_verified_at = now() WHERE email = %s", (email.strip().lower(),))
+
+
 class Auth:
     """What a person does at the door: sign up, sign in, sign out."""
 
@@ -150,7 +175,17 @@ class Auth:
     def token(self, path: str = "/login") -> str:
         return csrf_token(self.client.get(path).get_data(as_text=True))
 
-    def signup(self, email="owner@acme.example", workspace="Acme", password=PASSWORD, timezone="UTC", **kw):
+    def signup(
+        self,
+        email="owner@acme.example",
+        workspace="Acme",
+        password=PASSWORD,
+        timezone="UTC",
+        verified=True,
+        **kw,
+    ):
+        """Sign up; ``verified``: then count the address as verified (most tests send campaigns to more
+        than a test audience; tests of verification itself pass False)."""
         data = {
             "csrf_token": self.token("/signup"),
             "email": email,
@@ -158,7 +193,10 @@ class Auth:
             "password": password,
             "timezone": timezone,
         }
-        return self.client.post("/signup", data=data, **kw)
+        response = self.client.post("/signup", data=data, **kw)
+        if verified:
+            mark_verified(email)
+        return response
 
     def login(self, email="owner@acme.example", password=PASSWORD, **kw):
         data = {"csrf_token": self.token("/login"), "email": email, "password": password}
@@ -254,6 +292,65 @@ def sandbox(sandbox_process) -> SandboxProcess:
     """The sandbox with an empty ledger, no subscriptions and its start-up behaviour."""
     httpx.post(f"{sandbox_process.url}/_sandbox/reset", timeout=5).raise_for_status()
     return sandbox_process
+
+
+class Mailbox:
+    """The SMTP sink Crier's own mail goes to in tests: what arrived, and the links in it."""
+
+    def __init__(self, process: SandboxProcess) -> None:
+        self.url = process.url
+
+    def messages(self, to: str | None = None) -> list[dict[str, str]]:
+        """Every email received (to ``to`` only, when given), oldest first: to, subject, text."""
+        entries = httpx.get(f"{self.url}/_sandbox/ledger", params={"limit": 10_000}, timeout=5).json()[
+            "entries"
+        ]
+        found = []
+        for entry in entries:
+            subject, _, text = entry["body"].partition("\n")
+            if to is None or entry["recipient"] == to:
+                found.append({"to": entry["recipient"], "subject": subject, "text": text})
+        return found
+
+    def wait_for(self, to: str, count: int = 1, timeout: float = 10) -> list[dict[str, str]]:
+        """The emails to ``to`` once there are at least ``count`` of them (some leave from a thread)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.messages(to)
+            if len(found) >= count or time.monotonic() > deadline:
+                assert len(found) >= count, f"{count} email(s) to {to} expected, {len(found)} arrived"
+                return found
+            time.sleep(0.05)
+
+    def link(self, to: str, part: str, count: int = 1) -> str:
+        """The link containing ``part`` in the latest email to ``to`` (waiting for ``count`` emails)."""
+        latest = self.wait_for(to, count)[-1]
+        links = [link for link in LINK.findall(latest["text"]) if part in link]
+        assert links, f"no link with {part!r} in the email to {to}: {latest['text']!r}"
+        return links[0]
+
+
+def invite_and_join(owner: Auth, invitee: Auth, mailbox: Mailbox, email: str, role: str = "member"):
+    """The owner invites ``email``; the invitee, signed in, opens the emailed link and joins."""
+    owner.post("/members", {"email": email, "role": role})
+    link = mailbox.link(email, "/invitations/")
+    page = invitee.client.get(link)
+    assert page.status_code == 200, page.get_data(as_text=True)
+    return invitee.client.post(link, data={"csrf_token": csrf_token(page.get_data(as_text=True))})
+
+
+@pytest.fixture(scope="session")
+def mailbox_process() -> Iterator[SandboxProcess]:
+    ARTIFACTS.mkdir(exist_ok=True)
+    with SandboxProcess(MAILBOX_PORT, MAILBOX_SMTP_PORT, log=ARTIFACTS / "mailbox.log") as process:
+        yield process
+
+
+@pytest.fixture
+def mailbox(mailbox_process) -> Mailbox:
+    """Crier's outgoing mail, empty at the start of the test."""
+    httpx.post(f"{mailbox_process.url}/_sandbox/reset", timeout=5).raise_for_status()
+    return Mailbox(mailbox_process)
 
 
 @pytest.fixture(scope="session")

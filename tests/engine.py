@@ -104,7 +104,8 @@ class EngineRun:
         email: str = "owner@engine.example",
     ) -> tuple[int, int, int]:
         """A tenant with a WhatsApp page on the sandbox and ``contacts`` contacts in a list."""
-        _, workspace = sign_up(email, "correct horse battery", "Engine Co")
+        owner, workspace = sign_up(email, "correct horse battery", "Engine Co")
+        owner.email_verified_at = owner.created_at  # may send beyond a test audience
         workspace.daily_message_quota = quota
         workspace.max_send_rate = tenant_rate
         workspace.max_recipients_per_campaign = max(contacts, 100_000)

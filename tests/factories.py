@@ -8,7 +8,9 @@ earlier rows through ``made``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from datetime import timedelta
 
 from sqlalchemy import select
 
@@ -25,7 +27,7 @@ from tenants.contacts import (
 )
 from tenants.db import db, utcnow
 from tenants.events import InboundMessage, Receipt, ReceiptStatus, WebhookEvent
-from tenants.models import Membership, Role, Tenant, User
+from tenants.models import Invitation, Membership, Role, Tenant, User
 from tenants.pages import Page, ProviderKind, apply_form
 from tenants.plans import Plan
 from tenants.templates import Template
@@ -34,10 +36,25 @@ Factory = Callable[[Tenant, dict], object]
 
 
 def make_membership(tenant: Tenant, made: dict) -> Membership:
-    user = User(email=f"member-{tenant.id}@crier.example", password_hash=hash_password("a member password"))
+    user = User(
+        email=f"member-{tenant.id}@crier.example",
+        password_hash=hash_password("a member password"),
+        email_verified_at=utcnow(),
+    )
     membership = Membership(tenant_id=tenant.id, user=user, role=Role.MEMBER)
     db.session.add(membership)
     return membership
+
+
+def make_invitation(tenant: Tenant, made: dict) -> Invitation:
+    row = Invitation(
+        email=f"invited-{tenant.id}@crier.example",
+        role=Role.MEMBER,
+        token_digest=hashlib.sha256(f"token of {tenant.slug}".encode()).hexdigest(),
+        expires_at=utcnow() + timedelta(days=7),
+    )
+    db.session.add(row)
+    return row
 
 
 def make_page(tenant: Tenant, made: dict, kind: ProviderKind = ProviderKind.WHATSAPP, **settings) -> Page:
@@ -173,6 +190,7 @@ def make_delivery(tenant: Tenant, made: dict) -> Delivery:
 
 FACTORIES: dict[type, Factory] = {
     Membership: make_membership,
+    Invitation: make_invitation,
     Page: make_page,
     Contact: make_contact,
     ContactChannelId: make_channel_id,

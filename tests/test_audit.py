@@ -12,7 +12,7 @@ from tenants.accounts import hash_password
 from tenants.db import db
 from tenants.models import Membership, Role, User
 from tenants.scoping import all_tenants, tenant
-from tests.conftest import Auth
+from tests.conftest import Auth, invite_and_join
 from tests.factories import tenant_named
 
 
@@ -26,12 +26,14 @@ def _membership_id(app, email: str, workspace: str) -> int:
 
 
 def test_an_owner_sees_their_workspaces_changes_in_its_zone_and_nothing_of_another(
-    app, auth, client, other_client
+    app, auth, client, other_client, mailbox
 ):
     bob = Auth(other_client)
     bob.signup(email="bob@bravo.example", workspace="Bravo")
     auth.signup(workspace="Acme", timezone="America/Sao_Paulo")
-    auth.post("/members", {"email": "bob@bravo.example", "role": "member"})
+    invite_and_join(auth, bob, mailbox, "bob@bravo.example")  # joining switches bob to Acme
+    with app.app_context(), all_tenants(db.session):
+        bob.post(f"/workspaces/{tenant_named('Bravo').id}/switch")
     auth.post(f"/members/{_membership_id(app, 'bob@bravo.example', 'Acme')}", {"role": "admin"})
     auth.post(
         "/workspace/settings", {"name": "Acme Corp", "timezone": "America/Sao_Paulo", "default_country": ""}
@@ -43,7 +45,8 @@ def test_an_owner_sees_their_workspaces_changes_in_its_zone_and_nothing_of_anoth
     page = answer.get_data(as_text=True)
     assert answer.status_code == 200 and answer.headers["Cache-Control"] == "no-store"
     table = page.split('data-testid="audit-log"')[1]
-    assert table.count('data-testid="audit-entry"') == 3
+    assert table.count('data-testid="audit-entry"') == 4
+    assert "invited someone" in table
     assert "changed a member&#39;s role" in table and "role: member → admin" in table
     assert "changed the workspace settings" in table and "name: Acme → Acme Corp" in table
     assert "added a member" in table and "owner@acme.example" in table

@@ -17,15 +17,16 @@ from flask_socketio import SocketIO
 from sqlalchemy import func, insert, select, update
 
 from tasks.progress import campaign_room, socketio_channel
+from tenants.accounts import hash_password
 from tenants.campaigns import Campaign, CampaignState, Delivery, PauseReason, quota_day
 from tenants.contacts import Contact, ContactList, ContactListMember
-from tenants.db import db
+from tenants.db import db, utcnow
 from tenants.events import InboundMessage
-from tenants.models import Tenant, User
+from tenants.models import Membership, Role, Tenant, User
 from tenants.pages import Page, PageState, ProviderKind, apply_form
 from tenants.scoping import all_tenants, tenant
 from tenants.usage import TENANT_SCOPE, DailyUsage, page_scope
-from tests.conftest import PASSWORD, REDIS_URL, Auth, csrf_token
+from tests.conftest import PASSWORD, REDIS_URL, Auth, csrf_token, invite_and_join
 from tests.factories import tenant_named
 from tests.isolation import object_rules, objects_of
 
@@ -236,6 +237,13 @@ def test_live_audience_count_names_who_is_left_out_and_why(app, auth):
     assert "Choose a page to see who the campaign reaches." in no_page
     nobody = _text(auth.post("/campaigns/audience", _form(seeded, list_ids=""), headers=HTMX))
     assert "Choose who receives it" in nobody
+
+
+def test_the_live_audience_count_answers_a_plain_post_with_a_clear_400(app, auth):
+    auth.signup()
+    plain = auth.post("/campaigns/audience", _form(_seed(app)))  # no HX-Request: not the editor's own request
+    assert plain.status_code == 400
+    assert "only answers the live count of the campaign editor" in _text(plain)
 
 
 def test_schedule_at_a_local_time_and_back_to_a_draft(app, auth, client):
@@ -748,14 +756,13 @@ def test_replies_to_the_campaign_are_listed_on_its_page(app, auth, client):
 # --------------------------------------------------------------------------- who may do what
 
 
-def test_members_see_campaigns_but_cannot_act(app, auth, client, other_client):
+def test_members_see_campaigns_but_cannot_act(app, auth, client, other_client, mailbox):
     member = Auth(other_client)
     member.signup(email="m@crier.example", workspace="Mine")
     auth.signup()
     seeded = _seed(app)
     campaign_id = _create(auth, seeded)
-    auth.post("/members", {"email": "m@crier.example", "role": "member"})
-    member.post(f"/workspaces/{seeded.tenant_id}/switch")
+    invite_and_join(auth, member, mailbox, "m@crier.example")  # and switches to Acme
 
     shown = other_client.get(f"/campaigns/{campaign_id}")
     assert shown.status_code == 200 and "Spring sale" in _text(shown)
@@ -880,3 +887,42 @@ def test_test_send_renders_for_the_contact_and_reaches_the_provider(app, auth, s
     empty = auth.post(f"/campaigns/{campaign_id}/test-send", {}, headers=HTMX)
     assert empty.status_code == 400 and "Type a contact id or a phone number." in _text(empty)
     assert len(httpx.get(f"{sandbox.url}/_sandbox/ledger", timeout=5).json()["entries"]) == 2
+
+
+def _join(app, seeded: Seeded, role: Role, email: str) -> None:
+    """Make ``email`` a ``role`` of the seeded workspace (its own account, signed in elsewhere)."""
+    with app.app_context(), all_tenants(db.session):
+        user = User(email=email, password_hash=hash_password(PASSWORD), email_verified_at=utcnow())
+        db.session.add(Membership(tenant_id=seeded.tenant_id, user=user, role=role))
+        db.session.commit()
+
+
+@pytest.mark.parametrize(("role", "allowed"), [(Role.MEMBER, False), (Role.ADMIN, True)])
+def test_test_sends_through_pages_and_campaigns_are_for_owners_and_admins(
+    app, auth, other_client, sandbox, role, allowed
+):
+    """Sending text out through the workspace's channels is a manager's act, whichever form sends it
+    (a member could send any text through a page's test send, but not a campaign's)."""
+    auth.signup()
+    seeded = _seed(app)
+    campaign_id = _create(auth, seeded)
+    _join(app, seeded, role, "colleague@crier.example")
+    colleague = Auth(other_client)
+    colleague.login("colleague@crier.example")
+
+    by_page = colleague.post(
+        f"/pages/{seeded.page_id}/test-send", {"address": "+5511961234567", "text": "anything"}, headers=HTMX
+    )
+    by_campaign = colleague.post(
+        f"/campaigns/{campaign_id}/test-send", {"address": "+5511961234567"}, headers=HTMX
+    )
+    page_html = _text(other_client.get(f"/pages/{seeded.page_id}"))
+
+    sent = httpx.get(f"{sandbox.url}/_sandbox/ledger", timeout=5).json()["entries"]
+    if allowed:
+        assert by_page.status_code == by_campaign.status_code == 200
+        assert "Sent." in _text(by_page) and "Sent." in _text(by_campaign)
+        assert len(sent) == 2 and "Send one message" in page_html
+    else:
+        assert by_page.status_code == by_campaign.status_code == 403
+        assert sent == [] and "Send one message" not in page_html

@@ -25,6 +25,8 @@ def test_every_object_url_of_another_tenant_is_404(app, client, other_client):
         "workspaces.switch",
         "workspaces.edit",
         "workspaces.remove",
+        "workspaces.resend_invitation",
+        "workspaces.revoke_invitation",
         "pages.show",
         "pages.verify",
         "pages.test_send",

@@ -119,19 +119,14 @@ def test_the_plans_page_limit_is_enforced(app, auth):
     assert refused.status_code == 400 and "Your plan allows 1 pages" in refused.get_data(as_text=True)
 
 
-def test_members_see_pages_but_cannot_change_them(app, auth, client, other_client):
-    from tests.conftest import Auth
+def test_members_see_pages_but_cannot_change_them(app, auth, client, other_client, mailbox):
+    from tests.conftest import Auth, invite_and_join
 
     member = Auth(other_client)
     member.signup(email="m@crier.example", workspace="Mine")
     auth.signup()
     auth.post("/pages/new?kind=whatsapp", WHATSAPP_FORM)
-    auth.post("/members", {"email": "m@crier.example", "role": "member"})
-    with app.app_context(), all_tenants(db.session):
-        from tenants.models import Tenant
-
-        acme = db.session.scalar(select(Tenant.id).where(Tenant.name == "Acme"))
-    member.post(f"/workspaces/{acme}/switch")
+    invite_and_join(auth, member, mailbox, "m@crier.example")  # and switches to Acme
     page_id = _page(app).id
     assert other_client.get(f"/pages/{page_id}").status_code == 200
     assert member.post(f"/pages/{page_id}", {**WHATSAPP_FORM, "name": "Hijack"}).status_code == 403

@@ -18,6 +18,7 @@ from tasks.progress import socketio_channel
 from tenants import scoping
 from tenants.db import db
 from webapp import (
+    account,
     admin,
     assets,
     audit,
@@ -77,6 +78,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     csrf.exempt(webhooks.bp)
     blueprints = (
         auth,
+        account,
         dashboard,
         workspaces,
         pages,

@@ -10,14 +10,19 @@ from flask_login import current_user, login_required, login_user, logout_user
 
 from tenants.accounts import AccountError, authenticate, end_sessions, sign_up
 from tenants.db import db
+from webapp.emails import send_verification
 from webapp.forms import LoginForm, SignupForm
 from webapp.realtime import cut_off
 from webapp.tenancy import choose_workspace
 
 bp = Blueprint("auth", __name__)
 
+VERIFICATION_NOT_SENT = (
+    "We could not send the email that verifies your address. Use “Resend the link” above in a few minutes."
+)
 
-def _start_session(user) -> None:
+
+def start_session(user) -> None:
     """A fresh session for a fresh sign-in: nothing from before survives (no fixation)."""
     session.clear()
     login_user(user)
@@ -55,9 +60,13 @@ def signup():
         except AccountError as exc:
             form.form_errors.append(str(exc))
         else:
-            _start_session(user)
+            start_session(user)
             choose_workspace(user, tenant.id)
             flash(f"Welcome to Crier! Your workspace {tenant.name} is ready.", "success")
+            if send_verification(user):
+                flash(f"We sent a link to {user.email}: open it to verify your address.", "info")
+            else:
+                flash(VERIFICATION_NOT_SENT, "error")
             return redirect(url_for("dashboard.index"))
     return render_template("auth/signup.html", form=form), 400 if form.errors or form.form_errors else 200
 
@@ -75,7 +84,7 @@ def login():
             form.form_errors.append(str(exc))
             status = 429 if getattr(exc, "retry_after", None) else 401
         else:
-            _start_session(user)
+            start_session(user)
             choose_workspace(user)
             return redirect(_safe_next())
     elif form.errors:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import click
 from flask import current_app
@@ -120,6 +122,56 @@ def demo(contacts: int, provider: str, page_url: str | None, rate: float | None,
         return
     click.echo(f"Demo workspace {setup.slug}: sign in as {setup.email} with password {setup.password}")
     click.echo(f"Page {setup.page_id} ({provider}), list {setup.list_id} with {setup.contacts:,} contacts.")
+
+
+def _last_sandbox_mails(url: str, login: str | None, count: int, window: int = 5000) -> list[dict]:
+    """The last ``count`` SMTP entries of ``login`` in the sandbox's ledger, oldest first, read backwards
+    a window at a time (campaign messages may fill the ledger around them)."""
+    import httpx
+
+    ledger = httpx.get(f"{url}/_sandbox/stats", timeout=5).json()["ledger"]
+    first, end = ledger["first_seq"], ledger["last_seq"]
+    found: list[dict] = []
+    while end >= first and len(found) < count:
+        start = max(first, end - window + 1)
+        page = httpx.get(
+            f"{url}/_sandbox/ledger", params={"after": start - 1, "limit": end - start + 1}, timeout=5
+        ).json()
+        mails = [e for e in page["entries"] if e["kind"] == "smtp" and login in (None, e["account"])]
+        found = mails + found
+        end = start - 1
+    return found[-count:]
+
+
+@crier_cli.command("mail")
+@click.option("--last", default=10, show_default=True, type=click.IntRange(min=1), help="How many messages.")
+@click.option("--sandbox-url", default=None, help="The sandbox to read (default: CRIER_SANDBOX_URL).")
+def mail(last: int, sandbox_url: str | None) -> None:
+    """The last emails Crier sent to the sandbox's SMTP sink: to whom, the subject, and the links to open."""
+    import httpx
+
+    from tenants.mail import MailConfigError, mail_server
+
+    config = current_app.config
+    try:
+        server = mail_server(config)
+    except MailConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    url = (sandbox_url or config["SANDBOX_URL"]).rstrip("/")
+    login = server.username if server else None
+    try:
+        mails = _last_sandbox_mails(url, login, last)
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        raise click.ClickException(f"Could not read the sandbox at {url}: {exc}") from None
+    if not mails:
+        click.echo(f"No mail in the sandbox at {url} yet.")
+        return
+    for entry in mails:
+        subject, _, text = entry["body"].partition("\n")
+        sent = datetime.fromtimestamp(entry["at"], UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        click.echo(f"{sent}  to {entry['recipient']}: {subject}")
+        for link in re.findall(r"https?://[^\s<>\"]+", text):
+            click.echo(f"    {link}")
 
 
 campaign_cli = AppGroup("campaign", help="Create, start and inspect campaigns.")

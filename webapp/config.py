@@ -55,6 +55,10 @@ def settings(instance: Path, env: Mapping[str, str] = os.environ) -> dict[str, A
         "SANDBOX_URL": env.get("CRIER_SANDBOX_URL", "http://127.0.0.1:8025"),
         "SANDBOX_SMTP_PORT": int(env.get("CRIER_SANDBOX_SMTP_PORT", "8026")),
         "PUBLIC_URL": env.get("CRIER_PUBLIC_URL", ""),
+        # Crier's own mail (tenants/mail.py): without a URL, the sandbox's sink outside production
+        "MAIL_URL": env.get("CRIER_MAIL_URL", ""),
+        "MAIL_FROM": env.get("CRIER_MAIL_FROM", "Crier <crier@localhost>"),
+        "MAIL_TIMEOUT": float(env.get("CRIER_MAIL_TIMEOUT", "5")),
         "SQLALCHEMY_DATABASE_URI": database_url(env.get("DATABASE_URL"), instance),
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
         "REDIS_URL": redis_url or f"redis://127.0.0.1:{embedded_port}/0",

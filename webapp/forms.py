@@ -17,11 +17,9 @@ def _timezone_field() -> SelectField:
     return SelectField("Time zone", choices=lambda: timezones(), default="UTC")
 
 
-class SignupForm(FlaskForm):
-    workspace_name = StringField("Workspace name", validators=[DataRequired(), Length(max=120)])
-    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
-    password = PasswordField(
-        "Password",
+def _new_password_field(label: str = "Password") -> PasswordField:
+    return PasswordField(
+        label,
         validators=[
             DataRequired(),
             Length(
@@ -32,6 +30,12 @@ class SignupForm(FlaskForm):
         ],
         description=f"At least {MIN_PASSWORD_LENGTH} characters.",
     )
+
+
+class SignupForm(FlaskForm):
+    workspace_name = StringField("Workspace name", validators=[DataRequired(), Length(max=120)])
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+    password = _new_password_field()
     timezone = _timezone_field()
 
 
@@ -57,9 +61,28 @@ class WorkspaceSettingsForm(WorkspaceForm):
     )
 
 
-class AddMemberForm(FlaskForm):
-    email = EmailField("Email of their Crier account", validators=[DataRequired(), Length(max=254)])
+class InviteForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
     role = SelectField("Role", choices=ROLE_CHOICES, default=Role.MEMBER.value)
+
+
+class InvitedSignupForm(FlaskForm):
+    """Sign-up from an invitation: the address is the invitation's, and no workspace is created."""
+
+    password = _new_password_field()
+
+
+class ChangePasswordForm(FlaskForm):
+    current_password = PasswordField("Current password", validators=[DataRequired(), Length(max=1024)])
+    new_password = _new_password_field("New password")
+
+
+class ForgotPasswordForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+
+
+class NewPasswordForm(FlaskForm):
+    password = _new_password_field("New password")
 
 
 class RoleForm(FlaskForm):
