@@ -173,14 +173,6 @@ class FileProfile:
     mapping: dict[str, str]  # guessed target for every column, see guess_mapping
     size_bytes: int
 
-    @property
-    def encoding_label(self) -> str:
-        return ENCODINGS.get(self.encoding, self.encoding)
-
-    @property
-    def delimiter_label(self) -> str:
-        return DELIMITERS.get(self.delimiter, repr(self.delimiter))
-
 
 def max_import_bytes() -> int:
     """The largest file accepted: the app's ``MAX_IMPORT_BYTES`` setting, else :data:`MAX_IMPORT_BYTES`."""
