@@ -30,6 +30,7 @@ from tenants.events import InboundMessage, Receipt, ReceiptStatus, WebhookEvent
 from tenants.models import Invitation, Membership, Role, Tenant, User
 from tenants.pages import Page, ProviderKind, apply_form
 from tenants.plans import Plan
+from tenants.scoping import all_tenants, tenant
 from tenants.templates import Template
 
 Factory = Callable[[Tenant, dict], object]
@@ -225,3 +226,22 @@ def make_plan(name: str = "Pro") -> Plan:
 
 def tenant_named(name: str) -> Tenant:
     return db.session.scalar(select(Tenant).where(Tenant.name == name))
+
+
+def sandbox_whatsapp_page(app, workspace: str, phone_number_id: str = "109876543210001") -> tuple[int, int]:
+    """A WhatsApp page on the sandbox in the workspace named ``workspace`` (committed): (tenant, page)."""
+    with app.app_context(), all_tenants(db.session):
+        tenant_id = tenant_named(workspace).id
+    with app.app_context(), tenant(db.session, tenant_id):
+        page = apply_form(
+            Page(kind=ProviderKind.WHATSAPP),
+            name="Support line",
+            base_url=app.config["SANDBOX_URL"],
+            send_rate=80,
+            daily_cap=None,
+            credentials={"access_token": "token-123456", "app_secret": "secret", "verify_token": "verify"},
+            settings={"phone_number_id": phone_number_id},
+        )
+        db.session.add(page)
+        db.session.commit()
+        return tenant_id, page.id

@@ -23,11 +23,11 @@ from tenants.contacts import Contact, ContactList, ContactListMember
 from tenants.db import db, utcnow
 from tenants.events import InboundMessage
 from tenants.models import Membership, Role, Tenant, User
-from tenants.pages import Page, PageState, ProviderKind, apply_form
+from tenants.pages import Page, PageState
 from tenants.scoping import all_tenants, tenant
 from tenants.usage import TENANT_SCOPE, DailyUsage, page_scope
 from tests.conftest import PASSWORD, REDIS_URL, Auth, csrf_token, invite_and_join
-from tests.factories import tenant_named
+from tests.factories import sandbox_whatsapp_page, tenant_named
 from tests.isolation import object_rules, objects_of
 
 HTMX = {"HX-Request": "true"}
@@ -44,20 +44,10 @@ class Seeded:
 def _seed(app, workspace: str = "Acme") -> Seeded:
     """A sandbox WhatsApp page and a list "Customers" of 10 contacts, 6 of whom can receive MESSAGE:
     2 opted out, 1 has no phone, 1 has no company. Plus 3 contacts on no list."""
-    with app.app_context(), all_tenants(db.session):
-        tenant_id = tenant_named(workspace).id
+    tenant_id, page_id = sandbox_whatsapp_page(app, workspace)
     with app.app_context(), tenant(db.session, tenant_id):
-        page = apply_form(
-            Page(kind=ProviderKind.WHATSAPP),
-            name="Support line",
-            base_url=app.config["SANDBOX_URL"],
-            send_rate=80,
-            daily_cap=None,
-            credentials={"access_token": "token-123456", "app_secret": "secret", "verify_token": "verify"},
-            settings={"phone_number_id": "109876543210001"},
-        )
         customers = ContactList(name="Customers")
-        db.session.add_all([page, customers])
+        db.session.add(customers)
         people = [Contact(phone=f"+4915112{n:04d}5", first_name=f"P{n}", company="Acme") for n in range(6)]
         people += [
             Contact(phone=f"+4915113{n:04d}5", first_name=f"Out{n}", company="Acme", opted_out=True)
@@ -70,7 +60,7 @@ def _seed(app, workspace: str = "Acme") -> Seeded:
         db.session.flush()
         db.session.add_all(ContactListMember(list_id=customers.id, contact_id=p.id) for p in people)
         db.session.commit()
-        return Seeded(tenant_id, page.id, customers.id)
+        return Seeded(tenant_id, page_id, customers.id)
 
 
 def _form(seeded: Seeded, **changes) -> dict:

@@ -16,12 +16,12 @@ from tenants.campaigns import Campaign, CampaignState, Delivery, DeliveryState
 from tenants.contacts import Contact
 from tenants.db import db
 from tenants.events import InboundMessage
-from tenants.pages import Page, ProviderKind, apply_form
+from tenants.pages import ProviderKind
 from tenants.provider_codes import readable_reason
 from tenants.reports import recipient_page, timeline
-from tenants.scoping import all_tenants, tenant
+from tenants.scoping import tenant
 from tests.conftest import Auth
-from tests.factories import tenant_named
+from tests.factories import sandbox_whatsapp_page
 
 HTMX = {"HX-Request": "true"}
 SENT_AT = datetime(2030, 1, 2, 3, 0, 5, tzinfo=UTC)  # 00:00:05 in São Paulo (UTC-3)
@@ -48,21 +48,7 @@ class Workspace:
 def _workspace(app, auth: Auth, name: str = "Acme", timezone: str = "UTC", **signup) -> Workspace:
     """A signed-up owner and a WhatsApp page of their workspace."""
     auth.signup(workspace=name, timezone=timezone, **signup)
-    with app.app_context(), all_tenants(db.session):
-        tenant_id = tenant_named(name).id
-    with app.app_context(), tenant(db.session, tenant_id):
-        page = apply_form(
-            Page(kind=ProviderKind.WHATSAPP),
-            name="Support line",
-            base_url=app.config["SANDBOX_URL"],
-            send_rate=80,
-            daily_cap=None,
-            credentials={"access_token": "token-123456", "app_secret": "secret", "verify_token": "verify"},
-            settings={"phone_number_id": "109876543210001"},
-        )
-        db.session.add(page)
-        db.session.commit()
-        return Workspace(tenant_id, page.id)
+    return Workspace(*sandbox_whatsapp_page(app, name))
 
 
 def _campaign(app, workspace: Workspace, name: str = "Spring sale") -> int:

@@ -7,12 +7,12 @@ import re
 from sqlalchemy import select
 
 from tenants.campaigns import Campaign, CampaignState
+from tenants.contacts import ContactList
 from tenants.db import db
 from tenants.models import Tenant, User
-from tenants.pages import Page, ProviderKind, apply_form
 from tenants.scoping import all_tenants, tenant
 from tests.browsers import contacts_on_a_list
-from tests.factories import tenant_named
+from tests.factories import sandbox_whatsapp_page
 
 VERIFY_FIRST = "Verify your email address to send to more than 10 recipients"
 
@@ -24,23 +24,9 @@ def _text(response) -> str:
 def _page_and_list(app, people: int) -> tuple[int, int]:
     """A sandbox WhatsApp page and a list of ``people`` contacts in Acme."""
     contacts_on_a_list(app, "Acme", "Everyone", [f"+5511964{n:04d}1" for n in range(people)])
-    with app.app_context(), all_tenants(db.session):
-        acme = tenant_named("Acme").id
+    acme, page_id = sandbox_whatsapp_page(app, "Acme", "109876543210002")
     with app.app_context(), tenant(db.session, acme):
-        page = apply_form(
-            Page(kind=ProviderKind.WHATSAPP),
-            name="Support line",
-            base_url=app.config["SANDBOX_URL"],
-            send_rate=80,
-            daily_cap=None,
-            credentials={"access_token": "token-123456", "app_secret": "secret", "verify_token": "verify"},
-            settings={"phone_number_id": "109876543210002"},
-        )
-        db.session.add(page)
-        db.session.commit()
-        from tenants.contacts import ContactList
-
-        return page.id, db.session.scalar(select(ContactList.id).where(ContactList.name == "Everyone"))
+        return page_id, db.session.scalar(select(ContactList.id).where(ContactList.name == "Everyone"))
 
 
 def _draft(auth, page_id: int, list_id: int) -> int:
