@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -737,14 +738,23 @@ class Receiver:
         return payloads
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
+@contextlib.contextmanager
+def running_receiver() -> Iterator[Receiver]:
+    """A page's webhook endpoint, listening until the block ends."""
     receiver = Receiver()
     receiver.thread.start()
-    yield receiver
-    receiver.server.shutdown()
-    receiver.server.server_close()
-    receiver.thread.join()
+    try:
+        yield receiver
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
+        receiver.thread.join()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with running_receiver() as receiver:
+        yield receiver
 
 
 def subscribe(
@@ -851,12 +861,8 @@ def test_evolution_receipts_are_message_updates_with_the_bearer_token(sandbox, r
 @pytest.fixture
 def second_receiver() -> Iterator[Receiver]:
     """Another page's webhook endpoint (another workspace), on its own callback URL."""
-    receiver = Receiver()
-    receiver.thread.start()
-    yield receiver
-    receiver.server.shutdown()
-    receiver.server.server_close()
-    receiver.thread.join()
+    with running_receiver() as receiver:
+        yield receiver
 
 
 @pytest.mark.parametrize("kind", ["whatsapp", "evolution"])
