@@ -143,9 +143,8 @@ WRITE_OUTCOMES_POSTGRESQL = text(  # the same rows as arrays, one a column, and 
     """
 )
 """The state is compared with a subquery so that it cannot match the in-flight index's predicate: that
-index keeps an entry for every row updated since the last vacuum, and a plan scanning it (psycopg's
-prepared statement got such a generic plan) took 50-150 ms per write at 1,000 sends/s, where going by
-primary key takes about 1 ms, and kept a PostgreSQL core busy.
+index keeps an entry for every row updated since the last vacuum, and a generic plan scanning it is
+far slower than going by primary key (docs/decisions.md).
 
 What the provider accepted and what failed is added to the day's activity (``tenants.usage``'s
 ``count_activity``, here written for this one statement) in the same round trip: a second statement
@@ -572,10 +571,8 @@ class Slice:
     def max_lateness(self) -> float:
         """How late a send may go out for its slot: half the burst the slowest limit tolerates, as
         ``tasks.limits`` guarantees its windows for (the limiter keeps the other half). Pacing
-        ``RATE_MARGIN`` under the limit leaves room for the provider's side of the jitter.
-
-        The whole burst here (with the limiter's half on top) let a busy second reach 1,076 at
-        1,000/s with two workers, over the 1,050 allowed."""
+        ``RATE_MARGIN`` under the limit leaves room for the provider's side of the jitter (the
+        whole burst here overshot a busy second: docs/decisions.md)."""
         rate = min(limit.rate for limit in self.limits)
         return burst_allowance(rate) / (2 * rate)
 

@@ -11,8 +11,8 @@ def calm_garbage_collector() -> None:
     """Keep full garbage collections short and rare; call once start-up is done.
 
     A full collection walks every tracked object the process holds, the whole of its imported
-    libraries included, and stops all its threads meanwhile: on a small machine that was 0.1-0.2 s
-    every few seconds, and sends woke too late for their rate-limit slots. Freezing what exists
+    libraries included, and stops all its threads meanwhile, long enough for sends to wake too late
+    for their rate-limit slots (docs/decisions.md). Freezing what exists
     after start-up keeps it out of every later collection; larger thresholds make collections rarer.
     """
     gc.collect()

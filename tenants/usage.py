@@ -50,9 +50,9 @@ class DailyUsage(db.Model):
 
     __tablename__ = "daily_usage"
     __table_args__ = (
-        # the quota rows by day, for the console's sums over every tenant: without it, sorting 10,000
-        # tenants by their last 30 days read a year of every tenant's rows (238 ms). ``used`` is not in
-        # it, so dispatch's updates of ``used`` stay in place (HOT) as before.
+        # the quota rows by day, for the console's sums over every tenant (without it a sort by 30-day
+        # sends reads a year of every tenant's rows: docs/decisions.md). ``used`` is not in it, so
+        # dispatch's updates of ``used`` stay in place (HOT) as before.
         Index(
             "ix_daily_usage_quota_days",
             "day",

@@ -1,11 +1,10 @@
 """The shared async HTTP client every HTTP adapter of a worker uses.
 
 ``make_client()`` returns an :class:`httpx.AsyncClient` over ``httpx_aiohttp.AiohttpTransport``.
-``bench/transport.py`` chose it: with 500 requests in flight against a loopback server answering
-in 50 ms, httpx's default transport (httpcore 1.0) managed ~20 requests/s with a 10 s p99
-(its pool does work per waiting request on every event; encode/httpx#3215), httpx over
-aiohttp ~1,000/s with a ~0.5 s p99, a bare aiohttp session ~2,800/s. Build one client per
-worker event loop, hand it to every adapter, and close it when the loop ends.
+``bench/transport.py`` chose it: under hundreds of requests in flight httpx's default transport
+(httpcore 1.0) slows to a crawl, its pool doing work per waiting request on every event
+(encode/httpx#3215); the figures are in docs/decisions.md. Build one client per worker event
+loop, hand it to every adapter, and close it when the loop ends.
 
 How the settings land on aiohttp:
 
