@@ -10,12 +10,17 @@ from tasks.broker import Workers
 
 
 def init_app(app: Flask) -> None:
-    """Give ``app`` its (lazily built) Dramatiq broker and import the actors."""
-    import tasks.dispatch
+    """Give ``app`` its (lazily built) Dramatiq broker, with the workers' middleware, and import the
+    actors."""
     import tasks.imports
     import tasks.receipts
-    import tasks.sweeper
     import tasks.system  # noqa: F401
+    from tasks.dispatch import ThreadResources
+    from tasks.heartbeat import HeartbeatMiddleware
+    from tasks.sweeper import SweeperMiddleware
 
-    app.extensions["crier.workers"] = Workers(app)
+    def middleware() -> list:
+        return [HeartbeatMiddleware(app), SweeperMiddleware(app), ThreadResources()]
+
+    app.extensions["crier.workers"] = Workers(app, middleware)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per provider request is too many

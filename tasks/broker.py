@@ -17,8 +17,6 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from flask import Flask, current_app
 
-from tasks.heartbeat import HeartbeatMiddleware
-
 _declared: dict[str, LazyActor] = {}
 
 
@@ -135,10 +133,12 @@ class CrierRedisBroker(RedisBroker):
 
 
 class Workers:
-    """The Dramatiq side of one app: its broker, built on first use."""
+    """The Dramatiq side of one app: its broker, built on first use, with the app-context middleware
+    and then ``middleware()`` (what :func:`tasks.init_app` lists: heartbeat, sweeper, threads)."""
 
-    def __init__(self, app: Flask):
+    def __init__(self, app: Flask, middleware: Callable[[], list[dramatiq.Middleware]] = list):
         self.app = app
+        self.middleware = middleware
         self._broker: RedisBroker | None = None
         self._lock = threading.Lock()
 
@@ -156,13 +156,8 @@ class Workers:
         )
         broker = CrierRedisBroker(client=client, namespace=f"{config['REDIS_PREFIX']}-dramatiq")
         broker.add_middleware(AppContextMiddleware(self.app))
-        broker.add_middleware(HeartbeatMiddleware(self.app))
-        # the sweeper and dispatch need the actors, which need this module
-        from tasks.dispatch import ThreadResources
-        from tasks.sweeper import SweeperMiddleware
-
-        broker.add_middleware(SweeperMiddleware(self.app))
-        broker.add_middleware(ThreadResources())
+        for middleware in self.middleware():
+            broker.add_middleware(middleware)
         for lazy in _declared.values():
             lazy.bind(broker)
         return broker
