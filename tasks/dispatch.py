@@ -1190,7 +1190,8 @@ class Slice:
                 self.add_usage(day, -count)
             db.session.commit()
 
-        with_db_retry(work, f"campaign {self.campaign_id}: recording outcomes")
+        # outcomes are what a lost write turns into "unknown": they get the longest retries (about 9 s)
+        with_db_retry(work, f"campaign {self.campaign_id}: recording outcomes", attempts=8)
         self.after_flush()
 
     def activity_key(self, now: datetime) -> dict[str, Any]:
@@ -1356,7 +1357,12 @@ class Slice:
         self.stop = "paused"
 
     def emit_progress(self) -> None:
-        emit_progress(self.campaign_id, self.tenant_id)
+        """Progress is best effort: a lost connection skips one event, never the slice's sends."""
+        try:
+            emit_progress(self.campaign_id, self.tenant_id)
+        except (OperationalError, DBAPIError) as exc:
+            db.session.rollback()
+            log.warning("campaign %s: progress skipped (%s)", self.campaign_id, exc.__class__.__name__)
 
     def after_slice(self) -> None:
         if self.stop == "completed":
