@@ -1,8 +1,8 @@
 """Worker heartbeats, and the leases each worker holds, so that a dead worker's work is taken back.
 
 Every worker process keeps ``<prefix>:workers:<host>:<pid>`` alive (written every second, expiring
-after three), so a process that dies, however it dies, disappears from :func:`live_workers` within
-three seconds. ``/readyz`` reads it; it is Crier's own record, apart from Dramatiq's broker
+after five), so a process that dies, however it dies, disappears from :func:`live_workers` within
+five seconds. ``/readyz`` reads it; it is Crier's own record, apart from Dramatiq's broker
 heartbeats, which every process that merely enqueues (the web app) writes too.
 
 While dispatch holds deliveries claimed it lists their lease tokens (and the campaigns it is
@@ -28,7 +28,7 @@ from flask import Flask
 
 log = logging.getLogger(__name__)
 BEAT_SECONDS = 1.0
-EXPIRES_SECONDS = 3
+EXPIRES_SECONDS = 5  # a busy process may miss a beat or two; a dead one is found within six seconds
 LEASE_LIST_SECONDS = 24 * 3600  # a list nobody settles (Redis lost the heartbeat too) goes eventually
 
 

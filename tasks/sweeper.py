@@ -116,6 +116,8 @@ def reclaim_from_dead_workers() -> int:
         return 0
     settled = 0
     for worker, members in orphans.items():
+        if worker == heartbeat.worker_id():
+            continue  # this process is alive, whatever its heartbeat key says (a stalled beat)
         if not client.set(f"{prefix}:reclaiming:{worker}", b"1", nx=True, ex=30):
             continue  # another worker's sweeper is on it
         tokens: dict[tuple[int, int], list[datetime]] = {}
