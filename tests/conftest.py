@@ -120,13 +120,24 @@ def app() -> Iterator[Flask]:
 
 @pytest.fixture(autouse=True)
 def _clean_database() -> Iterator[None]:
-    """Every test starts from empty tables, whichever processes wrote to them."""
+    """Every test starts from empty tables, whichever processes wrote to them.
+
+    A worker's sweeper may be reading several tables in one transaction meanwhile; when PostgreSQL
+    breaks the resulting deadlock against the TRUNCATE, the TRUNCATE is simply run again.
+    """
     yield
     from tenants.db import db
 
     tables = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables)
     with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+        for attempt in range(5):
+            try:
+                conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+                return
+            except psycopg.errors.DeadlockDetected:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
 
 
 @pytest.fixture(autouse=True)
