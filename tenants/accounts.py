@@ -408,10 +408,14 @@ def verify_email(token: str) -> User | None:
     found = _signed_user(token, "email-verification", VERIFICATION_LINK_MAX_AGE)
     if found is None or found[1].get("email") != found[0].email:
         return None
-    user = found[0]
+    mark_verified(found[0])
+    return found[0]
+
+
+def mark_verified(user: User) -> None:
+    """The user has shown they read mail at their address (a link reached them); not committed."""
     if user.email_verified_at is None:
         user.email_verified_at = utcnow()
-    return user
 
 
 def sends_beyond_tests(tenant_id: int) -> bool:

@@ -18,12 +18,13 @@ from tenants.accounts import (
     TooManyAttempts,
     change_password,
     find_user,
+    mark_verified,
     reset_token,
     set_password,
     user_for_reset,
     verify_email,
 )
-from tenants.db import db, utcnow
+from tenants.db import db
 from webapp.auth import start_session
 from webapp.emails import external_url, send_verification
 from webapp.forms import ChangePasswordForm, EmptyForm, ForgotPasswordForm, NewPasswordForm
@@ -63,6 +64,15 @@ def _allowed(kind: str, key: str, limit: int, seconds: int) -> bool:
 # --------------------------------------------------------------------------- password change
 
 
+def _sign_in_afresh(user, tenant_id: int | None = None) -> None:
+    """After a new password (every session ended): commit, close the user's old sockets, and sign
+    this browser in again under the new session version."""
+    db.session.commit()
+    cut_off(user.id)
+    start_session(user)
+    choose_workspace(user, tenant_id)
+
+
 @bp.route("/account", methods=["GET", "POST"])
 @login_required
 def settings():
@@ -79,11 +89,7 @@ def settings():
             form.form_errors.append(str(exc))
             status = 429 if isinstance(exc, TooManyAttempts) else 400
         else:
-            db.session.commit()
-            cut_off(user.id)
-            tenant_id = session.get(SESSION_TENANT)
-            start_session(user)  # this browser stays signed in, under the new session version
-            choose_workspace(user, tenant_id)
+            _sign_in_afresh(user, session.get(SESSION_TENANT))
             flash("Password changed. You are still signed in here; every other session has ended.", "success")
             return redirect(url_for("account.settings"))
     if form.errors and status == 200:
@@ -136,12 +142,8 @@ def reset(token: str):
         except AccountError as exc:
             form.password.errors = [*form.password.errors, str(exc)]
         else:
-            if user.email_verified_at is None:
-                user.email_verified_at = utcnow()  # the link reached their inbox
-            db.session.commit()
-            cut_off(user.id)
-            start_session(user)
-            choose_workspace(user)
+            mark_verified(user)  # the link reached their inbox
+            _sign_in_afresh(user)
             flash("Your new password is set and you are signed in. Every other session has ended.", "success")
             return redirect(url_for("dashboard.index"))
     status = 400 if form.errors else 200
