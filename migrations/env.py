@@ -1,5 +1,4 @@
 import logging
-from logging.config import fileConfig
 
 from alembic import context
 from flask import current_app
@@ -10,9 +9,9 @@ from tenants.db import include_in_autogenerate
 # access to the values within the .ini file in use.
 config = context.config
 
-# Interpret the config file for Python logging.
-# This line sets up loggers basically.
-fileConfig(config.config_file_name)
+# Logging is the app's (tasks/logs.py, set up by create_app), not alembic.ini's: a fileConfig here
+# would replace the root logger's handlers and level and disable every logger that exists already,
+# silencing a process that migrates in-process (`make run`, the tests) from then on.
 logger = logging.getLogger("alembic.env")
 
 

@@ -17,10 +17,16 @@ def init_app(app: Flask) -> None:
     import tasks.system  # noqa: F401
     from tasks.dispatch import ThreadResources
     from tasks.heartbeat import HeartbeatMiddleware
+    from tasks.logs import LogContextMiddleware
     from tasks.sweeper import SweeperMiddleware
 
     def middleware() -> list:
-        return [HeartbeatMiddleware(app), SweeperMiddleware(app), ThreadResources()]
+        return [
+            LogContextMiddleware(),  # first in, last out: the lines of the others below carry the id
+            HeartbeatMiddleware(app),
+            SweeperMiddleware(app),
+            ThreadResources(),
+        ]
 
     app.extensions["crier.workers"] = Workers(app, middleware)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per provider request is too many

@@ -14,6 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import tasks
 import tenants.registry  # noqa: F401  (every model, for the metadata)
+from tasks import logs
 from tasks.progress import socketio_channel
 from tenants import scoping
 from tenants.db import db
@@ -34,6 +35,7 @@ from webapp import (
     realtime,
     rendering,
     reports,
+    request_ids,
     segments,
     tenancy,
     usage,
@@ -57,6 +59,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if app.config["TRUST_PROXY_HOPS"]:
         hops = app.config["TRUST_PROXY_HOPS"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+    logs.configure(app)
+    request_ids.init_app(app)  # first of the request hooks: every line of a request carries its id
 
     scoping.install(FlaskSQLAlchemySession)
     db.init_app(app)

@@ -8,6 +8,7 @@ from functools import wraps
 from flask import Flask, abort, flash, g, redirect, request, session, url_for
 from flask_login import current_user
 
+from tasks import logs
 from tenants.accounts import Workspace, workspace_for, workspaces_of
 from tenants.audit import SYSTEM, Actor, set_actor
 from tenants.db import db
@@ -41,6 +42,8 @@ def bind_request_tenant() -> None:
     if workspace is None:
         workspace = choose_workspace(current_user)
     g.workspace = workspace
+    if workspace is not None:
+        logs.push(tenant_id=workspace.tenant.id)  # popped with the request's id (webapp/request_ids.py)
     if workspace is not None and workspace.tenant.is_active:
         set_tenant(db.session, workspace.tenant.id)
 

@@ -147,10 +147,7 @@ def test_connection_errors_do_not_show_the_url_token() -> None:
     assert_no_secret(KIND, result.detail)
 
 
-def test_httpx_log_lines_do_not_show_the_token(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(logging.getLogger("httpx"), "disabled", False)  # Alembic's fileConfig disables it
+def test_httpx_log_lines_do_not_show_the_token(caplog: pytest.LogCaptureFixture) -> None:
     router = respx.Router()
     router.post(SEND_URL).mock(
         return_value=httpx.Response(200, json={"recipient_id": PSID, "message_id": "m_1"})
