@@ -20,6 +20,7 @@ import os
 import socket
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import dramatiq
@@ -44,18 +45,28 @@ def _leases_key(prefix: str, worker: str) -> str:
     return f"{prefix}:leases:{worker}"
 
 
-def hold(client: redis.Redis, prefix: str, *members: str) -> None:
-    """List what this worker process holds (``tenant:campaign:token`` or ``tenant:campaign:running``)."""
+def hold(pipe: redis.client.Pipeline, prefix: str, *members: str) -> None:
+    """List what this worker process holds (``tenant:campaign:token`` or ``tenant:campaign:running``);
+    queued on ``pipe``, which the caller executes (with whatever else the claim writes)."""
     key = _leases_key(prefix, worker_id())
-    with client.pipeline() as pipe:
-        pipe.sadd(key, *members)
-        pipe.expire(key, LEASE_LIST_SECONDS)
-        pipe.execute()
+    pipe.sadd(key, *members)
+    pipe.expire(key, LEASE_LIST_SECONDS)
 
 
-def let_go(client: redis.Redis, prefix: str, *members: str) -> None:
+def let_go(pipe: redis.client.Pipeline, prefix: str, *members: str) -> None:
     if members:
-        client.srem(_leases_key(prefix, worker_id()), *members)
+        pipe.srem(_leases_key(prefix, worker_id()), *members)
+
+
+def lease_member(tenant_id: int, campaign_id: int, token: datetime) -> str:
+    """How a lease is listed: the same text whether its token comes from the claim or the database."""
+    if token.tzinfo is None:
+        token = token.replace(tzinfo=UTC)
+    return f"{tenant_id}:{campaign_id}:{token.astimezone(UTC).isoformat(timespec='microseconds')}"
+
+
+def running_member(tenant_id: int, campaign_id: int) -> str:
+    return f"{tenant_id}:{campaign_id}:running"
 
 
 def orphaned_leases(client: redis.Redis, prefix: str) -> dict[str, set[str]]:
@@ -70,6 +81,12 @@ def orphaned_leases(client: redis.Redis, prefix: str) -> dict[str, set[str]]:
 
 def forget(client: redis.Redis, prefix: str, worker: str) -> None:
     client.delete(_leases_key(prefix, worker))
+
+
+def redis_was_emptied(client: redis.Redis, prefix: str) -> bool:
+    """True once after Redis lost its data (restarted without persistence) or was never written: the
+    queued dispatch messages and the lease lists are gone. One caller gets True (SET NX)."""
+    return bool(client.set(f"{prefix}:redis-since", str(time.time()), nx=True))
 
 
 def live_workers(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:

@@ -8,14 +8,15 @@ Campaign actions raise :class:`tenants.campaigns.CampaignError` with a message f
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from tasks.dispatch import emit_progress, emit_state, launch_quietly, pause_campaigns
-from tasks.progress import emit_to_tenant
+from tasks.connections import with_db_retry
+from tasks.progress import emit_progress, emit_state, emit_to_tenant
 from tenants import audit, campaigns, plans
 from tenants.accounts import TEST_AUDIENCE, sends_beyond_tests
 from tenants.campaigns import (
@@ -27,12 +28,15 @@ from tenants.campaigns import (
     Resent,
     daily_limit_pause_detail,
     next_midnight,
+    paused,
 )
 from tenants.db import db, utcnow
 from tenants.models import Tenant, TenantStatus
 from tenants.pages import Page
 from tenants.scoping import all_tenants, tenant
 from tenants.usage import room_today
+
+log = logging.getLogger(__name__)
 
 
 def _target(campaign: Campaign) -> str:
@@ -45,6 +49,13 @@ def _audit_campaign(campaign: Campaign, action: str, **after: Any) -> None:
 
 
 # --------------------------------------------------------------------------- campaign actions
+
+
+def _launch(campaign: Campaign) -> str | None:
+    """Enqueue the running campaign's dispatch chains; why not, when the workers are unreachable."""
+    from tasks.dispatch import launch_quietly  # at call time: dispatch calls this module's transitions
+
+    return launch_quietly(campaign)
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,7 @@ def start_campaign(campaign: Campaign, *, due_only: bool = False) -> Started:
         return Started(False)
     problem = None
     if running:
-        problem = launch_quietly(campaign)
+        problem = _launch(campaign)
         emit_state(campaign.id, "campaign:started")
         _audit_campaign(campaign, "campaign.started", recipients=campaign.total)
     elif campaign.state is CampaignState.SCHEDULED:
@@ -127,7 +138,7 @@ def resume_campaign(campaign: Campaign) -> str | None:
     if blocked:
         raise CampaignError(blocked)
     campaigns.resume(campaign)
-    problem = launch_quietly(campaign)
+    problem = _launch(campaign)
     emit_state(campaign.id, "campaign:started")
     _audit_campaign(campaign, "campaign.resumed")
     return problem
@@ -142,7 +153,7 @@ def cancel_campaign(campaign: Campaign) -> int:
 
 def resend_campaign(campaign: Campaign) -> tuple[Resent, str | None]:
     resent = campaigns.resend(campaign)
-    problem = launch_quietly(campaign)
+    problem = _launch(campaign)
     emit_state(campaign.id, "campaign:started")
     _audit_campaign(
         campaign,
@@ -154,12 +165,45 @@ def resend_campaign(campaign: Campaign) -> tuple[Resent, str | None]:
     return resent, problem
 
 
+def relaunch(campaign: Campaign, why: str) -> bool:
+    """A new generation of dispatch chains for a running campaign whose dispatch died or went quiet
+    (older chains stop by themselves); ``why`` goes to the log."""
+    generation = campaign.dispatch_generation
+    moved = db.session.execute(
+        update(Campaign)
+        .where(
+            Campaign.id == campaign.id,
+            Campaign.dispatch_generation == generation,
+            Campaign.state == CampaignState.RUNNING,
+        )
+        .values(dispatch_generation=generation + 1, heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
+    if not moved:
+        return False
+    db.session.refresh(campaign)
+    problem = _launch(campaign)
+    if problem:
+        log.warning("campaign %s not relaunched: %s", campaign.id, problem)
+        db.session.execute(
+            update(Campaign)
+            .where(Campaign.id == campaign.id)
+            .values(heartbeat_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+        return False
+    log.warning("campaign %s relaunched: %s", campaign.id, why)
+    return True
+
+
 def resume_automatically(campaign: Campaign) -> bool:
     """The sweeper's (and a limit change's) resume of a pause that ended by itself: no audit entry."""
     if why_it_cannot_send_today(campaign):
         return False
     campaigns.resume(campaign)
-    launch_quietly(campaign)
+    _launch(campaign)
     emit_state(campaign.id, "campaign:started")
     return True
 
@@ -325,3 +369,74 @@ def save_plan(plan: plans.Plan, name: str, values: dict[str, Any], is_default: b
         for tenant_id in changed_tenants:
             limits_changed(db.session.get(Tenant, tenant_id))
     return changed_tenants
+
+
+# --------------------------------------------------------------------------- campaign-wide changes
+
+
+def running_campaigns_of(page_id: int) -> list[int]:
+    return list(
+        db.session.scalars(
+            select(Campaign.id).where(Campaign.page_id == page_id, Campaign.state == CampaignState.RUNNING)
+        )
+    )
+
+
+def _move_running(campaign_ids: list[int], event: str, what: str, **values: Any) -> list[int]:
+    """Move those of ``campaign_ids`` still running (race-safe), tell their browsers; the ids moved."""
+    if not campaign_ids:
+        return []
+
+    def work() -> list[int]:
+        moved = list(
+            db.session.scalars(
+                update(Campaign)
+                .where(Campaign.id.in_(campaign_ids), Campaign.state == CampaignState.RUNNING)
+                .values(**values)
+                .returning(Campaign.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        db.session.commit()
+        return moved
+
+    moved = with_db_retry(work, what)
+    for campaign_id in moved:
+        emit_state(campaign_id, event)
+    return moved
+
+
+def pause_campaigns(
+    campaign_ids: list[int], reason: PauseReason, resume_at: datetime | None = None, detail: str | None = None
+) -> list[int]:
+    """Pause those still running; returns the ids paused."""
+    return _move_running(
+        campaign_ids,
+        "campaign:paused",
+        "pausing campaigns",
+        **paused(reason, resume_at=resume_at, detail=detail),
+    )
+
+
+def complete_campaign(campaign_id: int) -> bool:
+    return bool(
+        _move_running(
+            [campaign_id],
+            "campaign:completed",
+            "completing the campaign",
+            state=CampaignState.COMPLETED,
+            finished_at=utcnow(),
+            paused_reason=None,
+        )
+    )
+
+
+def fail_campaign(campaign_id: int, detail: str) -> None:
+    _move_running(
+        [campaign_id],
+        "campaign:failed",
+        "failing the campaign",
+        state=CampaignState.FAILED,
+        finished_at=utcnow(),
+        state_detail=detail[:500],
+    )

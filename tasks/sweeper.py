@@ -1,17 +1,19 @@
 """The sweeper: periodic repairs that keep campaigns moving whatever process died.
 
-Every second it settles what dead worker processes held (their heartbeat expired: their leases
-become ``unknown``, or ``pending`` for at-least-once pages, and their campaigns get new dispatch
-at once). Every ``SWEEP_SECONDS`` it also starts due scheduled campaigns, resumes quota- and
-throttle-paused ones whose time has come, resolves expired leases, relaunches dispatch for running
-campaigns whose chains went quiet, and processes stored callbacks and receipts nobody has handled.
-It runs as a thread inside every worker process (no extra process); on PostgreSQL an advisory
-lock lets one sweep at a time.
+Every second it settles what dead worker processes held (their heartbeat expired: what they had
+handed to the HTTP client becomes ``unknown``, or ``pending`` for at-least-once pages, the rest goes
+back to ``pending``, and their campaigns get new dispatch at once), and relaunches running campaigns
+when Redis comes back empty. Every ``SWEEP_SECONDS`` it also starts due scheduled campaigns,
+resumes quota- and throttle-paused ones whose time has come, resolves expired leases, relaunches
+dispatch for running campaigns whose chains went quiet, and processes stored callbacks and receipts
+nobody has handled. It runs as a thread inside every worker process (no extra process); on
+PostgreSQL an advisory lock lets one sweep at a time.
 It never relies on the broker redelivering a lost message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -23,8 +25,9 @@ import redis
 from flask import Flask, current_app
 from sqlalchemy import and_, func, or_, select, text, update
 
-from tasks import heartbeat, lifecycle
-from tasks.dispatch import emit_state, launch_quietly, redis_client
+from tasks import attempts, heartbeat, lifecycle
+from tasks.connections import redis_client
+from tasks.progress import emit_state
 from tasks.receipts import apply_inbound, apply_receipts, process_webhook_event
 from tenants.campaigns import (
     DAILY_LIMIT_PAUSES,
@@ -34,12 +37,14 @@ from tenants.campaigns import (
     Delivery,
     DeliveryState,
     PauseReason,
+    quota_day,
 )
 from tenants.db import db, utcnow
 from tenants.events import InboundMessage, Receipt, WebhookEvent
 from tenants.models import Tenant, TenantStatus
 from tenants.pages import DeliveryPolicy, Page
 from tenants.scoping import all_tenants, tenant
+from tenants.usage import add_use
 
 log = logging.getLogger(__name__)
 SWEEP_LOCK = 0x43524945  # "CRIE": the advisory lock one sweeper holds while it sweeps
@@ -56,6 +61,7 @@ def sweep() -> dict[str, int]:
         ):
             db.session.rollback()
             return {"skipped": 1}
+        done["relaunched_after_redis_loss"] = relaunch_after_redis_loss()
         done["reclaimed"] = reclaim_from_dead_workers()
         done["leases"] = resolve_expired_leases()
         done["started"] = start_due_campaigns()
@@ -97,13 +103,84 @@ def _settle_leases(held: Any, why: str) -> tuple[int, int]:
     return retried, unknown
 
 
+def settle_claim(campaign: Campaign, token: datetime, why: str) -> tuple[int, int, int]:
+    """Settle one claim (lease ``token``) of ``campaign`` whose worker is gone; returns how many went
+    back to pending never attempted, back to pending to retry (at-least-once), and became unknown.
+
+    What the worker wrote down as handed to the HTTP client (``tasks.attempts``) may have reached the
+    provider; the rest never left, so it goes back to pending with its attempt and quota given back.
+    When Redis no longer knows the claim, all of it is treated as possibly sent."""
+    client, prefix = redis_client(), current_app.config["REDIS_PREFIX"]
+    claim_key = attempts.key(prefix, heartbeat.lease_member(campaign.tenant_id, campaign.id, token))
+    try:
+        sent = attempts.attempted(client, claim_key)
+    except redis.RedisError:
+        sent = None
+    table = Delivery.__table__
+    held = and_(table.c.campaign_id == campaign.id, table.c.lease_until == token)
+    returned = 0
+    if sent is not None:
+        returned = db.session.execute(
+            update(table)
+            .where(table.c.state == DeliveryState.IN_FLIGHT.value, held, table.c.id.not_in(sent))
+            .values(
+                state=DeliveryState.PENDING.value,
+                attempts=table.c.attempts - 1,
+                due_at=utcnow(),
+                lease_until=None,
+            )
+        ).rowcount
+        if returned:
+            tenant_row = db.session.get(Tenant, campaign.tenant_id)
+            page = db.session.get(Page, campaign.page_id) if campaign.page_id else None
+            claimed_on = quota_day(tenant_row, token - timedelta(seconds=current_app.config["LEASE_SECONDS"]))
+            capped = page.id if page is not None and page.daily_cap is not None else None
+            add_use(campaign.tenant_id, claimed_on, -returned, capped)
+        db.session.commit()
+    retried, unknown = _settle_leases(held, why)
+    with contextlib.suppress(redis.RedisError):
+        attempts.forget(client, claim_key)
+    return returned, retried, unknown
+
+
 def resolve_expired_leases() -> int:
     """Deliveries whose lease ran out while they were being sent (their worker died unlisted)."""
     table = Delivery.__table__
-    retried, unknown = _settle_leases(table.c.lease_until < utcnow(), "lease_expired")
-    if retried or unknown:
-        log.warning("sweeper: %s expired leases became unknown, %s went back to pending", unknown, retried)
-    return retried + unknown
+    claims = db.session.execute(
+        select(table.c.tenant_id, table.c.campaign_id, table.c.lease_until)
+        .where(table.c.state == DeliveryState.IN_FLIGHT.value, table.c.lease_until < utcnow())
+        .distinct()
+    ).all()
+    db.session.commit()
+    settled = 0
+    for tenant_id, campaign_id, token in claims:
+        with tenant(db.session, tenant_id):
+            campaign = db.session.get(Campaign, campaign_id)
+            if campaign is None:
+                continue
+            returned, retried, unknown = settle_claim(campaign, token, "lease_expired")
+            settled += returned + retried + unknown
+            log.warning(
+                "sweeper: an expired lease of campaign %s: %s unknown, %s back to pending (%s never sent)",
+                campaign_id,
+                unknown,
+                returned + retried,
+                returned,
+            )
+    return settled
+
+
+def relaunch_after_redis_loss() -> int:
+    """Redis came back empty (or is new): the dispatch messages queued in it are gone, so running
+    campaigns get new dispatch at once instead of after ``STALE_DISPATCH_SECONDS`` of silence."""
+    try:
+        emptied = heartbeat.redis_was_emptied(redis_client(), current_app.config["REDIS_PREFIX"])
+    except redis.RedisError:
+        return 0
+    if not emptied:
+        return 0
+    running = and_(Campaign.state == CampaignState.RUNNING, _of_active_tenants())
+    return _each_campaign(running, lambda campaign: lifecycle.relaunch(campaign, "Redis lost its queues"))
 
 
 def reclaim_from_dead_workers() -> int:
@@ -126,23 +203,26 @@ def reclaim_from_dead_workers() -> int:
             held = tokens.setdefault((int(tenant_id), int(campaign_id)), [])
             if what != "running":
                 held.append(datetime.fromisoformat(what))
-        table = Delivery.__table__
         for (tenant_id, campaign_id), leases in tokens.items():
             with tenant(db.session, tenant_id):
-                if leases:
-                    held = and_(table.c.campaign_id == campaign_id, table.c.lease_until.in_(leases))
-                    retried, unknown = _settle_leases(held, "worker_died")
-                    settled += retried + unknown
+                campaign = db.session.get(Campaign, campaign_id)
+                if campaign is None:
+                    continue
+                for token in leases:
+                    returned, retried, unknown = settle_claim(campaign, token, "worker_died")
+                    settled += returned + retried + unknown
                     log.warning(
-                        "sweeper: worker %s died holding %s deliveries of campaign %s (%s unknown)",
+                        "sweeper: worker %s died holding %s deliveries of campaign %s "
+                        "(%s unknown, %s never sent)",
                         worker,
-                        retried + unknown,
+                        returned + retried + unknown,
                         campaign_id,
                         unknown,
+                        returned,
                     )
-                campaign = db.session.get(Campaign, campaign_id)
-                if campaign is not None and campaign.state is CampaignState.RUNNING:
-                    _relaunch(campaign, f"its worker {worker} died")
+                db.session.refresh(campaign)
+                if campaign.state is CampaignState.RUNNING:
+                    lifecycle.relaunch(campaign, f"its worker {worker} died")
         heartbeat.forget(client, prefix, worker)
     return settled
 
@@ -218,39 +298,7 @@ def relaunch_stale_campaigns() -> int:
         _of_active_tenants(),
     )
 
-    return _each_campaign(quiet, lambda campaign: _relaunch(campaign, "it had no live dispatch"))
-
-
-def _relaunch(campaign: Campaign, why: str) -> bool:
-    """A new generation of dispatch chains for a running campaign (older chains stop by themselves)."""
-    generation = campaign.dispatch_generation
-    moved = db.session.execute(
-        update(Campaign)
-        .where(
-            Campaign.id == campaign.id,
-            Campaign.dispatch_generation == generation,
-            Campaign.state == CampaignState.RUNNING,
-        )
-        .values(dispatch_generation=generation + 1, heartbeat_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    db.session.commit()
-    if not moved:
-        return False
-    db.session.refresh(campaign)
-    problem = launch_quietly(campaign)
-    if problem:
-        log.warning("sweeper: campaign %s not relaunched: %s", campaign.id, problem)
-        db.session.execute(
-            update(Campaign)
-            .where(Campaign.id == campaign.id)
-            .values(heartbeat_at=None)
-            .execution_options(synchronize_session=False)
-        )
-        db.session.commit()
-        return False
-    log.warning("sweeper: campaign %s relaunched: %s", campaign.id, why)
-    return True
+    return _each_campaign(quiet, lambda campaign: lifecycle.relaunch(campaign, "it had no live dispatch"))
 
 
 def process_stale_callbacks() -> int:
@@ -314,6 +362,7 @@ class SweeperMiddleware(dramatiq.Middleware):
                         sweep()
                     else:
                         with all_tenants(db.session):
+                            relaunch_after_redis_loss()
                             reclaim_from_dead_workers()
                 except Exception:
                     log.exception("sweeper: pass failed")

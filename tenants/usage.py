@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Date, ForeignKey, Index, Integer, String, func, literal_column, select, text
+from sqlalchemy import Date, ForeignKey, Index, Integer, String, func, literal_column, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -66,6 +66,25 @@ class DailyUsage(db.Model):
     scope: Mapped[str] = mapped_column(String(40), primary_key=True)  # "tenant" or "page:<id>"
     day: Mapped[date] = mapped_column(Date, primary_key=True)  # in the tenant's timezone
     used: Mapped[int] = mapped_column(default=0)
+
+
+def add_use(tenant_id: int, day: date, count: int, capped_page_id: int | None = None) -> None:
+    """Add ``count`` messages (negative: give them back) to the tenant's quota use on ``day`` and, for
+    a page with a daily cap, to that cap's use; never below zero. Dispatch reserves with it and gives
+    back what was not spent; the sweeper gives back what a dead worker never sent."""
+    if not count:
+        return
+    usage = DailyUsage.__table__
+    scopes = [TENANT_SCOPE] + ([page_scope(capped_page_id)] if capped_page_id is not None else [])
+    db.session.execute(
+        update(usage)
+        .where(usage.c.tenant_id == tenant_id, usage.c.scope.in_(scopes), usage.c.day == day)
+        .values(
+            used=func.max(usage.c.used + count, 0)
+            if db.engine.dialect.name == "sqlite"
+            else func.greatest(usage.c.used + count, 0)
+        )
+    )
 
 
 class DailyActivity(db.Model):

@@ -355,7 +355,7 @@ def test_outcome_writes_find_their_deliveries_by_primary_key_whatever_plan_postg
     the last vacuum, so at 1,000 sends/s such a plan took 50-150 ms a write and a PostgreSQL core."""
     from sqlalchemy import update
 
-    from tasks.dispatch import WRITE_OUTCOMES_POSTGRESQL
+    from tasks.dispatch.outcomes import WRITE_OUTCOMES_POSTGRESQL
     from tenants.campaigns import Campaign, Delivery
     from tenants.db import db
     from tenants.models import Tenant
@@ -423,7 +423,7 @@ def test_progress_says_how_many_the_daily_limit_holds_back_instead_of_a_rate_eta
     """The live ETA must not promise the rest within minutes when the quota runs out first."""
     from sqlalchemy import insert
 
-    from tasks.dispatch import _rate_and_eta
+    from tasks.progress import _rate_and_eta
     from tenants.campaigns import Campaign, CampaignState, Delivery, quota_day
     from tenants.db import db
     from tenants.models import Tenant

@@ -9,7 +9,7 @@ import redis
 from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required
 
-from tasks.dispatch import redis_client
+from tasks.connections import redis_client
 from tenants import mail
 from tenants.accounts import (
     RESET_LINK_MAX_AGE,

@@ -1,8 +1,8 @@
 """Campaigns: write one, see who it reaches, start it, watch it run and act on it while it does.
 
 Views stay thin: the states, the actions allowed in each and the counting live in
-``tenants.campaigns``; enqueueing and live events in ``tasks.dispatch``. Every action is a POST;
-one the campaign's state does not allow answers 409 with the reason.
+``tenants.campaigns``; each action's launch, live event and audit entry in ``tasks.lifecycle``.
+Every action is a POST; one the campaign's state does not allow answers 409 with the reason.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def settings(instance: Path, env: Mapping[str, str] = os.environ) -> dict[str, A
         # log lines (tasks/logs.py): "json" in production (gunicorn.conf.py sets it), "text" to read
         "LOG_FORMAT": env.get("CRIER_LOG_FORMAT", "text"),
         "LOG_LEVEL": env.get("CRIER_LOG_LEVEL", "INFO").upper(),
-        # the campaign engine (see tasks/dispatch.py and tasks/sweeper.py)
+        # the campaign engine (see tasks/dispatch/ and tasks/sweeper.py)
         "DISPATCH_SLICE_SECONDS": float(env.get("CRIER_DISPATCH_SLICE_SECONDS", "2")),
         "DISPATCH_WINDOW": int(env.get("CRIER_DISPATCH_WINDOW", "250")),
         "DISPATCH_CHAINS": int(env.get("CRIER_DISPATCH_CHAINS", "2")),

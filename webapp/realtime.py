@@ -18,7 +18,7 @@ from flask_login import current_user
 from flask_socketio import join_room
 from sqlalchemy import select
 
-from tasks.dispatch import redis_client
+from tasks.connections import redis_client
 from tasks.progress import campaign_room, tenant_room
 from tenants.accounts import Workspace, is_usable, workspace_for
 from tenants.campaigns import Campaign

@@ -1,0 +1,29 @@
+"""What dispatch reads from the app's configuration."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    slice_seconds: float
+    window: int  # deliveries claimed and not yet recorded, per slice
+    chains: int
+    lease_seconds: float
+    retry_base_seconds: float
+
+    @classmethod
+    def of(cls, config) -> DispatchSettings:
+        return cls(
+            slice_seconds=float(config["DISPATCH_SLICE_SECONDS"]),
+            window=int(config["DISPATCH_WINDOW"]),
+            chains=int(config["DISPATCH_CHAINS"]),
+            lease_seconds=float(config["LEASE_SECONDS"]),
+            retry_base_seconds=float(config["RETRY_BASE_SECONDS"]),
+        )
