@@ -83,10 +83,11 @@ def forget(client: redis.Redis, prefix: str, worker: str) -> None:
     client.delete(_leases_key(prefix, worker))
 
 
-def redis_was_emptied(client: redis.Redis, prefix: str) -> bool:
-    """True once after Redis lost its data (restarted without persistence) or was never written: the
-    queued dispatch messages and the lease lists are gone. One caller gets True (SET NX)."""
-    return bool(client.set(f"{prefix}:redis-since", str(time.time()), nx=True))
+def mark_redis_in_use(client: redis.Redis, prefix: str) -> bool:
+    """Mark this Redis as holding Crier's queues; True when the mark was missing, i.e. Redis lost its
+    data (restarted without persistence) since anything was enqueued or swept. Dispatch marks it
+    when it enqueues chains, the sweeper when it looks (SET NX: one caller gets True)."""
+    return bool(client.set(f"{prefix}:redis-in-use", str(time.time()), nx=True))
 
 
 def live_workers(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:

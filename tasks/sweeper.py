@@ -171,10 +171,10 @@ def resolve_expired_leases() -> int:
 
 
 def relaunch_after_redis_loss() -> int:
-    """Redis came back empty (or is new): the dispatch messages queued in it are gone, so running
-    campaigns get new dispatch at once instead of after ``STALE_DISPATCH_SECONDS`` of silence."""
+    """Redis came back empty: the dispatch messages queued in it are gone, so running campaigns get
+    new dispatch at once instead of after ``STALE_DISPATCH_SECONDS`` of silence."""
     try:
-        emptied = heartbeat.redis_was_emptied(redis_client(), current_app.config["REDIS_PREFIX"])
+        emptied = heartbeat.mark_redis_in_use(redis_client(), current_app.config["REDIS_PREFIX"])
     except redis.RedisError:
         return 0
     if not emptied:

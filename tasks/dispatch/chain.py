@@ -3,16 +3,19 @@ chain and enqueues the next."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
 import time
 from typing import TypeVar
 
+import redis
 from flask import current_app
 
 from tasks import heartbeat, logs
 from tasks.broker import WorkersUnreachable, actor
+from tasks.connections import redis_client
 from tasks.dispatch.loop import send_loop
 from tasks.dispatch.settings import DispatchSettings
 from tasks.dispatch.slice import Slice
@@ -37,6 +40,8 @@ def launch(campaign: Campaign) -> None:
     chains = DispatchSettings.of(current_app.config).chains
     for chain in range(chains):
         dispatch_campaign.send(campaign.id, campaign.tenant_id, campaign.dispatch_generation, chain)
+    with contextlib.suppress(redis.RedisError):  # (the sweeper tells a Redis that lost these by the mark)
+        heartbeat.mark_redis_in_use(redis_client(), current_app.config["REDIS_PREFIX"])
 
 
 def launch_quietly(campaign: Campaign) -> str | None:
