@@ -10,8 +10,11 @@ from tasks.broker import Workers
 
 
 def init_app(app: Flask) -> None:
-    """Give ``app`` its (lazily built) Dramatiq broker, with the workers' middleware, and import the
-    actors."""
+    """Give ``app`` its metrics files and its (lazily built) Dramatiq broker, with the workers'
+    middleware, and import the actors."""
+    from tasks import metrics
+
+    metrics.init_app(app)  # first: a module may make a metric's values when imported
     import tasks.imports
     import tasks.receipts
     import tasks.system  # noqa: F401
@@ -26,6 +29,7 @@ def init_app(app: Flask) -> None:
             HeartbeatMiddleware(app),
             SweeperMiddleware(app),
             ThreadResources(),
+            metrics.ProcessEnd(),
         ]
 
     app.extensions["crier.workers"] = Workers(app, middleware)

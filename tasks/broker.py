@@ -15,6 +15,7 @@ from typing import Any
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import dq_name
 from flask import Flask, current_app
 
 _declared: dict[str, LazyActor] = {}
@@ -130,6 +131,19 @@ class CrierRedisBroker(RedisBroker):
         """
         now = int(time.time() * 1000)
         return max(1, int(self.client.zcount(f"{self.namespace}:__heartbeats__", now - within_ms, "+inf")))
+
+
+def queue_depths(broker: RedisBroker, client: redis.Redis) -> dict[str, int]:
+    """Messages waiting in each declared queue and in its delay queue (``NAME.DQ``), read with ``client``.
+
+    A worker fetches delayed messages early and holds them until they are due, so ``NAME.DQ``
+    counts only those no worker has fetched yet.
+    """
+    names = sorted(name for queue in broker.get_declared_queues() for name in (queue, dq_name(queue)))
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.llen(f"{broker.namespace}:{name}")
+        return dict(zip(names, pipe.execute(), strict=True))
 
 
 class Workers:

@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from tasks.broker import actor
+from tasks.metrics import ImportRowCounter
 from tasks.progress import emit_to_tenant
 from tenants.contact_import import (
     ImportFailed,
@@ -82,6 +83,18 @@ def _emit(tenant_id: int, event: str, data: dict[str, Any]) -> None:
         log.warning("could not emit %s for tenant %s: %s", event, tenant_id, exc)
 
 
+class _Reported:
+    """What an import's progress goes to: the tenant's browsers (throttled) and ``crier_import_rows``."""
+
+    def __init__(self, tenant_id: int):
+        self.events = ThrottledProgress(tenant_id)
+        self.rows = ImportRowCounter()
+
+    def __call__(self, progress: ImportProgress) -> None:
+        self.rows(progress)
+        self.events(progress)
+
+
 @actor(max_retries=0, time_limit=2 * 60 * 60 * 1000)
 def run_contact_import(import_id: int) -> None:
     """Run a queued import (or take over one whose worker died); a finished one is left alone."""
@@ -91,7 +104,7 @@ def run_contact_import(import_id: int) -> None:
     with tenant(db.session, tenant_id):
         contact_import = db.session.get(ContactImport, import_id)
         try:
-            result = import_contacts(contact_import, on_progress=ThrottledProgress(tenant_id))
+            result = import_contacts(contact_import, on_progress=_Reported(tenant_id))
         except ImportFailed as exc:
             _emit(tenant_id, "import:failed", _failure(import_id, str(exc)))
             return

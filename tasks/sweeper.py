@@ -25,7 +25,7 @@ import redis
 from flask import Flask, current_app
 from sqlalchemy import and_, func, or_, select, text, update
 
-from tasks import attempts, heartbeat, lifecycle
+from tasks import attempts, heartbeat, lifecycle, metrics
 from tasks.connections import redis_client
 from tasks.progress import emit_state
 from tasks.receipts import apply_inbound, apply_receipts, process_webhook_event
@@ -140,6 +140,9 @@ def settle_claim(campaign: Campaign, token: datetime, why: str) -> tuple[int, in
     retried, unknown = _settle_leases(held, why)
     with contextlib.suppress(redis.RedisError):
         attempts.forget(client, claim_key)
+    for outcome, count in (("never_sent", returned), ("pending", retried), ("unknown", unknown)):
+        if count:
+            metrics.LEASES_SETTLED.labels(reason=why, outcome=outcome).inc(count)
     return returned, retried, unknown
 
 

@@ -31,6 +31,7 @@ from webapp import (
     health,
     imports,
     message_templates,
+    metrics,
     pages,
     realtime,
     rendering,
@@ -97,6 +98,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         admin,
         webhooks,
         health,
+        metrics,
         assets,
     )
     for blueprint in (module.bp for module in blueprints):

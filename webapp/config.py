@@ -69,6 +69,10 @@ def settings(instance: Path, env: Mapping[str, str] = os.environ) -> dict[str, A
         # log lines (tasks/logs.py): "json" in production (gunicorn.conf.py sets it), "text" to read
         "LOG_FORMAT": env.get("CRIER_LOG_FORMAT", "text"),
         "LOG_LEVEL": env.get("CRIER_LOG_LEVEL", "INFO").upper(),
+        # Prometheus (tasks/metrics.py): every process of this host writes its counts here; /metrics
+        # answers loopback requests only, or any request bearing the token when one is set
+        "METRICS_DIR": Path(env.get("CRIER_METRICS_DIR") or instance / "metrics"),
+        "METRICS_TOKEN": env.get("CRIER_METRICS_TOKEN", ""),
         # the campaign engine (see tasks/dispatch/ and tasks/sweeper.py)
         "DISPATCH_SLICE_SECONDS": float(env.get("CRIER_DISPATCH_SLICE_SECONDS", "2")),
         "DISPATCH_WINDOW": int(env.get("CRIER_DISPATCH_WINDOW", "250")),

@@ -20,6 +20,7 @@ from flask_migrate import upgrade
 from sqlalchemy import select
 
 from tasks import channel_checks, lifecycle
+from tasks.metrics import remove_dead_processes_files
 from tasks.providers.ssrf import allowed_private_hosts
 from tenants.audit import Actor, acting_as
 from tenants.db import db
@@ -189,6 +190,7 @@ def run_everything(host: str, port: int, worker_processes: int) -> None:
             if embedded:
                 children.append(embedded)
         upgrade()
+        remove_dead_processes_files(app.config["METRICS_DIR"])  # the counts of an earlier run
         worker = [sys.executable, "-m", "dramatiq", "worker:broker", "--processes", str(worker_processes)]
         env = {**os.environ, "REDIS_URL": app.config["REDIS_URL"]}
         children.append(subprocess.Popen([*worker, "--threads", "8"], cwd=PROJECT_ROOT, env=env))

@@ -8,7 +8,6 @@ import functools
 import logging
 import random
 import time
-from typing import TypeVar
 
 import redis
 from flask import current_app
@@ -26,7 +25,6 @@ from tenants.db import db
 from tenants.scoping import tenant
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 MAX_PASSES = 10  # times a slice may be passed on to spread a campaign's chains over worker processes
 PASS_PAUSE = 0.1  # seconds a worker holds a slice it passes on

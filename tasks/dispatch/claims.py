@@ -6,12 +6,11 @@ sends nothing twice."""
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from flask import current_app
 from sqlalchemy import and_, select, update
@@ -32,9 +31,6 @@ from tenants.contacts import Contact
 from tenants.db import db, insert_ignoring_conflicts, utcnow
 from tenants.templating import contact_variables
 from tenants.usage import TENANT_SCOPE, DailyUsage, add_use, page_scope, room_today
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 TABLE = Delivery.__table__
 CONTACT_COLUMNS = (*RENDER_COLUMNS, Contact.opted_out)

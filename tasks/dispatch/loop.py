@@ -6,13 +6,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
-import logging
 import math
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import dramatiq
 import redis
@@ -24,9 +23,6 @@ from tasks.broker import current_broker
 from tasks.dispatch.settings import DispatchSettings
 from tasks.providers.http import make_client
 from tasks.providers.ssrf import UrlGuard
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 DISPATCH_CONNECTIONS = 200  # per worker thread: enough for thousands of sends/s at provider latencies
 

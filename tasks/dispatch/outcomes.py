@@ -7,14 +7,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 from sqlalchemy import bindparam, select, text, update
 
-from tasks import lifecycle
+from tasks import lifecycle, metrics
 from tasks.connections import with_db_retry
 from tasks.dispatch.claims import TABLE, Claimed
 from tasks.dispatch.pacing import HOLD_FROM, PAIR_INTERVAL
@@ -29,7 +30,6 @@ from tenants.pages import DeliveryPolicy, Page, PageState, ProviderKind
 from tenants.usage import count_activity
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 ERROR_WINDOW, ERROR_MIN_SAMPLE = 100, 20
 WRITE_OUTCOME = (  # one row of outcomes (executemany), for databases without arrays
@@ -98,6 +98,7 @@ class Write:
     error_text: str | None = None
     refund: date | None = None  # the quota day to give the message back to
     retryable: bool = False  # a failure worth resending later (its retries ran out)
+    counted_as: str | None = None  # the send's outcome in ``crier_sends`` (None: nothing was sent)
 
 
 class Outcomes:
@@ -127,6 +128,13 @@ class Outcomes:
         )
 
     def record(self, item: Claimed, result: SendResult) -> None:
+        """What one send's result means for its delivery (counted in ``crier_sends`` once written)."""
+        written = len(self.outcomes)
+        self._judge(item, result)
+        for write in self.outcomes[written:]:
+            write.counted_as = _counted_as(write, result)
+
+    def _judge(self, item: Claimed, result: SendResult) -> None:
         outcome = result.outcome
         now = utcnow()
         if outcome is Outcome.SENT:
@@ -220,7 +228,7 @@ class Outcomes:
     def write(self, outcomes: list[Write]) -> None:
         """Write outcomes in one transaction (only rows still in flight), then act on what they say."""
 
-        def work() -> None:
+        def work() -> set[int]:
             # only rows still in flight are written and refunded: after a lost commit acknowledgement
             # the retry finds them written and gives nothing back twice
             held = self._write_rows(outcomes, utcnow())
@@ -231,9 +239,13 @@ class Outcomes:
             for day, count in refunds.items():
                 self.add_usage(day, -count)
             db.session.commit()
+            return held
 
         # outcomes are what a lost write turns into "unknown": they get the longest retries (about 9 s)
-        with_db_retry(work, f"campaign {self.campaign_id}: recording outcomes", attempts=8)
+        held = with_db_retry(work, f"campaign {self.campaign_id}: recording outcomes", attempts=8)
+        counted = Counter(o.counted_as for o in outcomes if o.counted_as is not None and o.id in held)
+        for outcome, count in counted.items():
+            metrics.SENDS.labels(channel=self.page.kind.value, outcome=outcome).inc(count)
         self.after_flush()
 
     def activity_key(self, now: datetime) -> dict[str, Any]:
@@ -331,3 +343,13 @@ class Outcomes:
             lifecycle.running_campaigns_of(self.page.id), PauseReason.PAGE_FAILING, detail=reason
         )
         self.stop = "paused"
+
+
+def _counted_as(write: Write, result: SendResult) -> str:
+    """A send's outcome for ``crier_sends``: what its delivery became (sent, failed, unknown), why it
+    waits (throttled, recipient_paced, page_fatal) or ``retry``."""
+    if write.state in (DeliveryState.SENT, DeliveryState.FAILED, DeliveryState.UNKNOWN):
+        return write.state.value
+    if result.outcome in (Outcome.THROTTLED, Outcome.RECIPIENT_PACED, Outcome.PAGE_FATAL):
+        return result.outcome.value
+    return "retry"

@@ -16,7 +16,7 @@ from typing import TypeVar
 import redis
 from flask import current_app
 
-from tasks import lifecycle
+from tasks import lifecycle, metrics
 from tasks.connections import redis_client, with_db_retry
 from tasks.dispatch.claims import Claimed
 from tasks.limits import Limit, RateLimiter, burst_allowance
@@ -152,7 +152,9 @@ class Pacing:
         start = loop.time()
         delays = reservation.delays()
         self.booked_until = max(self.booked_until, start + delays[-1])
+        waited = metrics.LIMITER_WAIT.labels(channel=self.page.kind.value)
         for item, delay in zip(sendable, delays, strict=True):
+            waited.observe(delay)
             task = loop.create_task(self.send_at(start + delay, item, adapter))
             tasks[task] = item
             task.add_done_callback(tasks.pop)

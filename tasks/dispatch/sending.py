@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TypeVar
 
 import redis
 
@@ -16,7 +15,6 @@ from tasks.dispatch.pacing import LOOKAHEAD, MAX_RESLOTS
 from tasks.providers import adapter_for
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 HANDOVER = 0.5  # seconds before a slice ends that it enqueues its successor (which then loads and claims)
 OVERRUN = 2.0  # seconds past its end a slice keeps claiming while its successor has not started

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 from flask import current_app
@@ -29,19 +29,13 @@ from tasks.dispatch.settings import DispatchSettings
 from tasks.limits import RateLimiter
 from tasks.providers.base import PageConnection, SendResult
 from tasks.providers.ssrf import allowed_private_hosts
-from tenants.campaigns import (
-    Campaign,
-    CampaignState,
-    DeliveryState,
-    MessageSource,
-)
+from tenants.campaigns import Campaign, CampaignState, DeliveryState, MessageSource
 from tenants.db import db, utcnow
 from tenants.models import Tenant
 from tenants.pages import DeliveryPolicy, Page, ProviderKind
 from tenants.templating import CompiledTemplate, compile_template
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 HEARTBEAT_EVERY = 1.0  # seconds between "this campaign has live dispatch" marks for the sweeper
 

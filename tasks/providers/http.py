@@ -29,6 +29,7 @@ import json
 import logging
 import re
 import ssl
+import time
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar, NamedTuple
@@ -40,6 +41,7 @@ import yarl
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
 
+from tasks.metrics import PROVIDER_REQUEST_SECONDS
 from tasks.providers.base import (
     REDACTED,
     OutgoingMessage,
@@ -151,6 +153,7 @@ class HttpAdapter:
         forms = {form for secret in self._secrets for form in secret_forms(secret)}
         self._secret_forms = tuple(sorted(forms, key=len, reverse=True))  # longest first
         self._checked_urls: set[str] = set()
+        self._latency = PROVIDER_REQUEST_SECONDS.labels(channel=self.kind.value)
         self._setup(connection)
 
     def _setup(self, connection: PageConnection) -> None:
@@ -173,16 +176,21 @@ class HttpAdapter:
         raise NotImplementedError
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> Answer | httpx.Response | SendResult:
-        """The answer, or the :class:`SendResult` of a request that got none (or was refused)."""
+        """The answer, or the :class:`SendResult` of a request that got none (or was refused); the
+        request's time, answered or not, goes to ``crier_provider_request_seconds``."""
         try:
             if self.guard is not None and url not in self._checked_urls:
                 await self.guard.check(url, resolve=self._resolve_in_check)
                 if not self._resolve_in_check:  # the verdict depends on the URL alone: remember it
                     self._checked_urls.add(url)
-            if self._direct is not None:
-                response = await self._direct.direct_request(method, url, self._direct_timeout, **kwargs)
-            else:
-                response = await self.client.request(method, url, **kwargs)
+            started = time.perf_counter()
+            try:
+                if self._direct is not None:
+                    response = await self._direct.direct_request(method, url, self._direct_timeout, **kwargs)
+                else:
+                    response = await self.client.request(method, url, **kwargs)
+            finally:
+                self._latency.observe(time.perf_counter() - started)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             return transport_failure(exc, self.label)
         return self._scrubbed(response)

@@ -18,6 +18,7 @@ import contextlib
 import html
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
@@ -28,6 +29,7 @@ from urllib.parse import quote, urlsplit
 import aiosmtplib
 import httpx
 
+from tasks.metrics import PROVIDER_REQUEST_SECONDS
 from tasks.providers.base import (
     Outcome,
     OutgoingMessage,
@@ -171,6 +173,7 @@ class SmtpAdapter:
         self._guard = guard or UrlGuard(connection.allowed_hosts)
         self._pool = _Pool(self._connect, int(settings.get("pool_size") or DEFAULT_POOL_SIZE))
         self._secrets = tuple(value for value in connection.credentials.values() if value)
+        self._latency = PROVIDER_REQUEST_SECONDS.labels(channel=self.kind.value)
 
     def build(self, message: OutgoingMessage) -> EmailMessage:
         """The MIME message for ``message`` (raises ValueError for headers with line breaks)."""
@@ -260,6 +263,7 @@ class SmtpAdapter:
             except Exception as exc:
                 return smtp_error_result(exc)
             in_data = False
+            started = time.perf_counter()  # one transaction, MAIL FROM to the reply to DATA
             try:
                 await smtp.mail(self.from_address)
                 await smtp.rcpt(recipient)
@@ -276,6 +280,8 @@ class SmtpAdapter:
             except BaseException:
                 self._pool.discard(smtp)
                 raise
+            finally:
+                self._latency.observe(time.perf_counter() - started)
             self._pool.release(smtp)
             return SendResult(Outcome.SENT, provider_message_id=message_id, detail=reply.message or None)
         raise AssertionError("unreachable")
