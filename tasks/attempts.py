@@ -3,9 +3,10 @@ never sent goes back to ``pending`` instead of ``unknown``.
 
 Every claim (one lease token) opens a Redis set ``<prefix>:attempted:<tenant>:<campaign>:<token>``
 holding a sentinel, in the same round trip that lists the lease under its worker. A delivery's id
-joins the set before its request leaves: the sends of a few milliseconds share one write, and each
-waits for it. The sweeper settling a dead worker's lease reads the set (:func:`attempted`): the ids
-in it may have reached the provider and become ``unknown``; the others never left. Without the
+joins the set before its request leaves: :class:`Departures` wakes the sends of each few
+milliseconds at their slots after one write for them all. The sweeper settling a dead worker's
+lease reads the set (:func:`attempted`): the ids in it may have reached the provider and become
+``unknown``; the others never left. Without the
 sentinel (Redis restarted empty, or the set expired) nothing is known and every delivery of the
 lease is ``unknown``, as before.
 """
@@ -13,12 +14,13 @@ lease is ``unknown``, as before.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 
 import redis
-import redis.asyncio
 
 SENTINEL = b"-"
-BATCH_SECONDS = 0.005  # sends due within this long share one write (and wait for it at most this long)
+TICK_SECONDS = 0.004  # sends whose slots fall within this long leave together, after one write
 KEEP_SECONDS = 3600  # beyond any lease: the sweeper reads a set only while its lease is unsettled
 
 
@@ -45,41 +47,57 @@ def forget(client: redis.Redis, claim_key: str) -> None:
     client.delete(claim_key)
 
 
-class AttemptLog:
-    """Writes the ids of sends about to leave, batched (one pipelined write every few milliseconds).
+class Departures:
+    """Wakes each send at its slot (never before it, at most ``TICK_SECONDS`` after), once its id is
+    written down.
 
-    One per event loop: :meth:`mark` must be awaited on the loop that created it.
+    One per event loop, in place of a timer per send: the sends whose slots have come are written
+    to their claims' sets (one ``SADD`` per claim, with the process's blocking Redis client on the
+    loop, as the limiter's calls are: a tenth of a millisecond) and then woken together. A set the
+    claim did not open (Redis restarted in between) has no expiry; the slice deletes its sets when
+    it lets go of its leases.
     """
 
-    def __init__(self, client: redis.asyncio.Redis):
+    def __init__(self, client: redis.Redis):
         self.client = client
-        self._batch: dict[str, list[int]] = {}
-        self._written: asyncio.Future | None = None
-        self._writer: asyncio.Task | None = None
+        self._due: list[tuple[float, int, str, int, asyncio.Future]] = []  # a heap by slot time
+        self._count = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
 
-    async def mark(self, claim_key: str, delivery_id: int) -> None:
-        """Return once ``delivery_id`` is written down; raises :class:`redis.RedisError` or
-        :class:`OSError` when it could not be (then the send must not leave)."""
-        self._batch.setdefault(claim_key, []).append(delivery_id)
-        if self._written is None:
-            self._written = asyncio.get_running_loop().create_future()
-            self._writer = asyncio.create_task(self._write_soon(self._written))
-        await asyncio.shield(self._written)
+    async def wait(self, at: float, claim_key: str, delivery_id: int) -> None:
+        """Return at loop time ``at`` (or within a tick after it) with ``delivery_id`` written down;
+        raises :class:`redis.RedisError` or :class:`OSError` when it could not be (then the send
+        must not leave)."""
+        loop = asyncio.get_running_loop()
+        departed = loop.create_future()
+        heapq.heappush(self._due, (at, next(self._count), claim_key, delivery_id, departed))
+        if self._timer is None or at + TICK_SECONDS < self._timer.when():
+            self._arm(loop)
+        await departed
 
-    async def _write_soon(self, written: asyncio.Future) -> None:
-        await asyncio.sleep(BATCH_SECONDS)
-        batch, self._batch, self._written = self._batch, {}, None
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(max(self._due[0][0] + TICK_SECONDS, loop.time()), self._depart, loop)
+
+    def _depart(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        leaving: list[asyncio.Future] = []
+        batch: dict[str, list[int]] = {}
+        while self._due and self._due[0][0] <= now:
+            _, _, claim_key, delivery_id, departed = heapq.heappop(self._due)
+            if not departed.done():  # (a cancelled send's is)
+                batch.setdefault(claim_key, []).append(delivery_id)
+                leaving.append(departed)
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for claim_key, ids in batch.items():
-                    pipe.sadd(claim_key, *ids)
-                    pipe.expire(claim_key, KEEP_SECONDS)  # (it goes even if the claim's opening was lost)
-                await pipe.execute()
+            for claim_key, ids in batch.items():
+                self.client.sadd(claim_key, *ids)
         except (redis.RedisError, OSError) as exc:
-            written.set_exception(exc)
-            written.exception()  # retrieved here: a batch whose senders were all cancelled must not warn
+            for departed in leaving:
+                departed.set_exception(exc)
         else:
-            written.set_result(None)
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
+            for departed in leaving:
+                departed.set_result(None)
+        if self._due:
+            self._arm(loop)

@@ -15,11 +15,11 @@ from typing import Any
 
 import dramatiq
 import redis
-import redis.asyncio
 from flask import current_app
 
-from tasks.attempts import AttemptLog
+from tasks.attempts import Departures
 from tasks.broker import current_broker
+from tasks.connections import redis_client
 from tasks.dispatch.settings import DispatchSettings
 from tasks.providers.http import make_client
 from tasks.providers.ssrf import UrlGuard
@@ -45,7 +45,7 @@ class SendLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._clients: dict[frozenset[str], Any] = {}
-        self._attempts: AttemptLog | None = None
+        self._departures: Departures | None = None
         self._waiting: set[concurrent.futures.Future] = set()
         self.winding_down = False
         self._chains: Counter[tuple[int, int]] = Counter()  # (campaign, chain) -> slices running here
@@ -65,7 +65,7 @@ class SendLoop:
                 self._thread = threading.Thread(target=run, name="crier-send-loop", daemon=True)
                 self._thread.start()
                 ready.wait()
-                self._loop, self._clients, self._attempts = loop, {}, None
+                self._loop, self._clients, self._departures = loop, {}, None
             return self._loop
 
     def run(self, make_coroutine: Callable[[], Any]) -> Any:
@@ -105,14 +105,11 @@ class SendLoop:
             )
         return client
 
-    def attempt_log(self) -> AttemptLog:
-        """The process's record of sends handed to the HTTP client (call on the send loop)."""
-        if self._attempts is None:
-            client = redis.asyncio.Redis.from_url(
-                current_app.config["REDIS_URL"], socket_connect_timeout=2, socket_timeout=5
-            )
-            self._attempts = AttemptLog(client)
-        return self._attempts
+    def departures(self) -> Departures:
+        """Wakes this process's sends at their slots, each written down first (call on the send loop)."""
+        if self._departures is None:
+            self._departures = Departures(redis_client())
+        return self._departures
 
     @contextlib.contextmanager
     def running(self, campaign_id: int, chain: int) -> Iterator[bool]:
@@ -169,9 +166,6 @@ class SendLoop:
             for client in self._clients.values():
                 await client.aclose()
             self._clients.clear()
-            if self._attempts is not None:
-                await self._attempts.aclose()
-                self._attempts = None
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(close_clients(), loop).result(timeout=10)

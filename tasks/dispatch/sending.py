@@ -130,16 +130,19 @@ class Sending:
                 await asyncio.to_thread(self.check_control)
 
     async def send_at(self, at: float, item: Claimed, adapter) -> None:
-        """Wait for the slot, then send (unless the campaign stopped, the page cooled down or the lease
-        is running out: then the delivery is given back untouched).
+        """Wait for the slot (its id written down meanwhile: ``tasks.attempts``), then send (unless the
+        campaign stopped, the page cooled down or the lease is running out: then the delivery is given
+        back untouched).
 
         A send that wakes up too late for its slot (a busy machine) takes a new slot instead: late
         sends bunched with punctual ones would exceed the rate in some 1-second window.
         """
         loop = asyncio.get_running_loop()
-        delay = at - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        try:  # written down before it leaves: should this process die, the sweeper knows it may have
+            await send_loop.departures().wait(at, item.claim_key, item.id)
+        except (redis.RedisError, OSError):
+            self.give_back([item])  # not written down: it must not leave
+            return
         stopping = self.stop or self.page_fatal or self.throttled
         if not stopping and loop.time() - at > self.max_lateness and item.reslots < MAX_RESLOTS:
             item.reslots += 1
@@ -148,11 +151,6 @@ class Sending:
             return
         if self.stop or self.page_fatal or self.throttled or time.monotonic() > item.deadline:
             self.give_back([item])
-            return
-        try:  # written down before it leaves: should this process die, the sweeper knows it may have
-            await send_loop.attempt_log().mark(item.claim_key, item.id)
-        except (redis.RedisError, OSError):
-            self.give_back([item])  # not written down: it must not leave
             return
         item.started = True
         result = await adapter.send(item.message)
