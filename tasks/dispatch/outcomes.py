@@ -117,15 +117,7 @@ class Outcomes:
                 )
             )
             return
-        self.outcomes.append(
-            Write(
-                item.id,
-                DeliveryState.PENDING,
-                item.attempts - 1,
-                due_at=utcnow() + timedelta(seconds=due_in),
-                refund=item.day,
-            )
-        )
+        self.release_with_error(item, due_in, None, None)
 
     def record(self, item: Claimed, result: SendResult) -> None:
         """What one send's result means for its delivery (counted in ``crier_sends`` once written)."""
@@ -193,6 +185,7 @@ class Outcomes:
             )
 
     def release_with_error(self, item: Claimed, due_in: float, code: str | None, text: str | None) -> None:
+        """Back to pending in ``due_in`` seconds, attempt and quota given back, with why it waits."""
         self.outcomes.append(
             Write(
                 item.id,
