@@ -51,7 +51,7 @@ def _audit_campaign(campaign: Campaign, action: str, **after: Any) -> None:
 # --------------------------------------------------------------------------- campaign actions
 
 
-def _launch(campaign: Campaign) -> str | None:
+def launch_dispatch(campaign: Campaign) -> str | None:
     """Enqueue the running campaign's dispatch chains; why not, when the workers are unreachable."""
     from tasks.dispatch import launch_quietly  # at call time: dispatch calls this module's transitions
 
@@ -89,7 +89,7 @@ def start_campaign(campaign: Campaign, *, due_only: bool = False) -> Started:
         return Started(False)
     problem = None
     if running:
-        problem = _launch(campaign)
+        problem = launch_dispatch(campaign)
         emit_state(campaign.id, "campaign:started")
         _audit_campaign(campaign, "campaign.started", recipients=campaign.total)
     elif campaign.state is CampaignState.SCHEDULED:
@@ -138,7 +138,7 @@ def resume_campaign(campaign: Campaign) -> str | None:
     if blocked:
         raise CampaignError(blocked)
     campaigns.resume(campaign)
-    problem = _launch(campaign)
+    problem = launch_dispatch(campaign)
     emit_state(campaign.id, "campaign:started")
     _audit_campaign(campaign, "campaign.resumed")
     return problem
@@ -153,7 +153,7 @@ def cancel_campaign(campaign: Campaign) -> int:
 
 def resend_campaign(campaign: Campaign) -> tuple[Resent, str | None]:
     resent = campaigns.resend(campaign)
-    problem = _launch(campaign)
+    problem = launch_dispatch(campaign)
     emit_state(campaign.id, "campaign:started")
     _audit_campaign(
         campaign,
@@ -183,7 +183,7 @@ def relaunch(campaign: Campaign, why: str) -> bool:
     if not moved:
         return False
     db.session.refresh(campaign)
-    problem = _launch(campaign)
+    problem = launch_dispatch(campaign)
     if problem:
         log.warning("campaign %s not relaunched: %s", campaign.id, problem)
         db.session.execute(
@@ -203,7 +203,7 @@ def resume_automatically(campaign: Campaign) -> bool:
     if why_it_cannot_send_today(campaign):
         return False
     campaigns.resume(campaign)
-    _launch(campaign)
+    launch_dispatch(campaign)
     emit_state(campaign.id, "campaign:started")
     return True
 

@@ -320,7 +320,7 @@ def test_unreachable_workers_are_reported_and_the_campaign_still_starts(app, aut
     import tasks.lifecycle
 
     monkeypatch.setattr(
-        tasks.lifecycle, "launch_quietly", lambda campaign: "background workers unreachable: no broker"
+        tasks.lifecycle, "launch_dispatch", lambda campaign: "background workers unreachable: no broker"
     )
     auth.signup()
     seeded = _seed(app)
