@@ -400,6 +400,7 @@ def test_a_quota_pause_says_when_it_resumes_on_the_page_and_in_the_list(app, aut
     auth.signup(timezone="America/Sao_Paulo")
     seeded = _seed(app)
     campaign_id = _create(auth, seeded, schedule="now")
+    _use_quota(app, seeded, 10_000)  # really used up: the session worker's sweeper must not resume it
     with app.app_context(), tenant(db.session, seeded.tenant_id):
         table = Delivery.__table__
         first_two = select(table.c.id).where(table.c.campaign_id == campaign_id).limit(2).scalar_subquery()
