@@ -406,6 +406,29 @@ def _move_running(campaign_ids: list[int], event: str, what: str, **values: Any)
     return moved
 
 
+def hold_page(
+    page_id: int,
+    reason: PauseReason,
+    detail: str,
+    resume_at: datetime | None = None,
+    **page_values: Any,
+) -> list[int]:
+    """The provider refused or throttled a page: set its state (``page_values``), then pause its
+    running campaigns with ``reason``; returns the ids paused."""
+
+    def work() -> None:
+        db.session.execute(
+            update(Page)
+            .where(Page.id == page_id)
+            .values(**page_values)
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+
+    with_db_retry(work, f"marking page {page_id} {page_values.get('state', '')}")
+    return pause_campaigns(running_campaigns_of(page_id), reason, resume_at=resume_at, detail=detail)
+
+
 def pause_campaigns(
     campaign_ids: list[int], reason: PauseReason, resume_at: datetime | None = None, detail: str | None = None
 ) -> list[int]:

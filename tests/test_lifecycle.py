@@ -124,3 +124,33 @@ def test_suspension_stops_sends_holds_scheduled_starts_and_reactivation_finishes
     second = engine.wait(tenant_id, scheduled_id, timeout=40)
     assert (first["sent"], second["sent"]) == (400, 400)
     assert len(_everyone_once(engine)) == 800
+
+
+def test_a_page_held_by_its_provider_pauses_its_running_campaigns_until_then(engine):
+    """What dispatch does when a provider asks for a long wait: the page is throttled until then and
+    its running campaigns pause to resume at that time."""
+    from tenants.campaigns import CampaignState, PauseReason
+    from tenants.pages import Page, PageState
+
+    tenant_id, page_id, list_id = engine.setup(contacts=20)
+    campaign_id = engine.campaign(tenant_id, page_id, list_id)
+    engine.start(tenant_id, campaign_id)
+    until = utcnow() + timedelta(minutes=5)
+    with tenant(db.session, tenant_id):
+        paused = lifecycle.hold_page(
+            page_id,
+            PauseReason.PAGE_THROTTLED,
+            "130429 rate limit hit",
+            resume_at=until,
+            state=PageState.THROTTLED,
+            throttled_until=until,
+        )
+        page = db.session.get(Page, page_id)
+        db.session.refresh(page)
+        campaign = db.session.get(Campaign, campaign_id)
+        db.session.refresh(campaign)
+
+    assert paused == [campaign_id]
+    assert page.state is PageState.THROTTLED and page.throttled_until == until
+    assert campaign.state is CampaignState.PAUSED and campaign.paused_reason is PauseReason.PAGE_THROTTLED
+    assert campaign.resume_at == until and campaign.state_detail == "130429 rate limit hit"

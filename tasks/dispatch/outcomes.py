@@ -26,7 +26,7 @@ from tenants.campaigns import (
     quota_day,
 )
 from tenants.db import db, utcnow
-from tenants.pages import DeliveryPolicy, Page, PageState, ProviderKind
+from tenants.pages import DeliveryPolicy, PageState, ProviderKind
 from tenants.usage import count_activity
 
 log = logging.getLogger(__name__)
@@ -326,14 +326,8 @@ class Outcomes:
     def disable_page(self, result: SendResult) -> None:
         reason = f"The provider refused the page: {result.code or ''} {result.detail or ''}".strip()[:500]
 
-        def work() -> None:
-            page = db.session.get(Page, self.page.id)
-            page.state, page.disabled_reason = PageState.DISABLED, reason
-            db.session.commit()
-
-        with_db_retry(work, "disabling the page")
-        lifecycle.pause_campaigns(
-            lifecycle.running_campaigns_of(self.page.id), PauseReason.PAGE_FAILING, detail=reason
+        lifecycle.hold_page(
+            self.page.id, PauseReason.PAGE_FAILING, reason, state=PageState.DISABLED, disabled_reason=reason
         )
         self.stop = "paused"
 

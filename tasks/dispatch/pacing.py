@@ -17,15 +17,15 @@ import redis
 from flask import current_app
 
 from tasks import lifecycle, metrics
-from tasks.connections import redis_client, with_db_retry
+from tasks.connections import redis_client
 from tasks.dispatch.claims import Claimed
 from tasks.limits import Limit, RateLimiter, burst_allowance
 from tasks.providers.base import SendResult
 from tenants.campaigns import (
     PauseReason,
 )
-from tenants.db import db, utcnow
-from tenants.pages import Page, PageState, ProviderKind
+from tenants.db import utcnow
+from tenants.pages import PageState, ProviderKind
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -176,15 +176,11 @@ class Pacing:
         if wait > LONG_THROTTLE:
             until = utcnow() + timedelta(seconds=wait)
 
-            def work() -> None:
-                page = db.session.get(Page, self.page.id)
-                page.state, page.throttled_until = PageState.THROTTLED, until
-                db.session.commit()
-
-            with_db_retry(work, "marking the page throttled")
-            lifecycle.pause_campaigns(
-                lifecycle.running_campaigns_of(self.page.id),
+            lifecycle.hold_page(
+                self.page.id,
                 PauseReason.PAGE_THROTTLED,
+                f"{result.code or ''} {result.detail or ''}".strip()[:500],
                 resume_at=until,
-                detail=f"{result.code or ''} {result.detail or ''}".strip()[:500],
+                state=PageState.THROTTLED,
+                throttled_until=until,
             )
