@@ -19,10 +19,12 @@ Who records what:
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,45 @@ IMPORT_ROWS = Counter(
 )
 RECORDED = (SENDS, PROVIDER_REQUEST_SECONDS, LIMITER_WAIT, LEASES_SETTLED, IMPORT_ROWS)
 IMPORT_RESULTS = ("created", "updated", "merged", "skipped", "rejected")
+
+
+class BatchedHistogram:
+    """One labelled histogram, observed on a hot path: observations are added up in memory and
+    written to the histogram every :attr:`max_count` observations, :attr:`max_seconds`, or on
+    :meth:`flush`.
+
+    In multiprocess mode each ``observe`` writes two memory-mapped values, each under a lock with a
+    check of the process id; on the send path (two histograms a message) that cost about 5% of a
+    worker's throughput. Counts written here are exactly those ``observe`` would have written.
+    """
+
+    def __init__(self, child: Histogram, max_count: int = 256, max_seconds: float = 1.0) -> None:
+        self._child = child
+        self._bounds = list(child._upper_bounds)  # ascending, the last one +Inf
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._pending = 0
+        self.max_count, self.max_seconds = max_count, max_seconds
+        self._written_at = time.monotonic()
+
+    def observe(self, amount: float) -> None:
+        self._counts[bisect.bisect_left(self._bounds, amount)] += 1  # the first bound >= amount
+        self._sum += amount
+        self._pending += 1
+        if self._pending >= self.max_count or time.monotonic() - self._written_at >= self.max_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what was observed since the last write."""
+        self._written_at = time.monotonic()
+        if not self._pending:
+            return
+        for index, count in enumerate(self._counts):
+            if count:
+                self._child._buckets[index].inc(count)
+                self._counts[index] = 0
+        self._child._sum.inc(self._sum)
+        self._sum, self._pending = 0.0, 0
 
 
 def init_app(app: Flask) -> None:

@@ -231,3 +231,32 @@ def test_make_run_clears_the_files_of_processes_that_ended_and_keeps_the_running
 
     assert remove_dead_processes_files(tmp_path) == 1
     assert not ended.exists() and running.exists()
+
+
+def test_a_batched_histogram_writes_exactly_what_observing_each_value_would():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from tasks.metrics import BatchedHistogram
+
+    registry = CollectorRegistry()
+    buckets = (0.01, 0.1, 1)
+    direct = Histogram("direct_seconds", "each value", ["channel"], buckets=buckets, registry=registry)
+    batched = Histogram("batched_seconds", "in batches", ["channel"], buckets=buckets, registry=registry)
+    observed = [0.0, 0.01, 0.010001, 0.05, 0.1, 0.5, 1, 7.5]
+    every_three = BatchedHistogram(batched.labels(channel="whatsapp"), max_count=3, max_seconds=3600)
+    for value in observed:
+        direct.labels(channel="whatsapp").observe(value)
+        every_three.observe(value)
+
+    def samples(name: str) -> dict:
+        return {
+            (s.name.replace(name, ""), s.labels.get("le")): s.value
+            for s in registry.collect()
+            for s in s.samples
+            if s.name.startswith(name)
+        }
+
+    assert samples("batched_seconds") != samples("direct_seconds")  # two values wait for the next batch
+    every_three.flush()
+    assert samples("batched_seconds") == samples("direct_seconds")
+    assert samples("batched_seconds")[("_count", None)] == len(observed)

@@ -69,6 +69,10 @@ class Pacing:
         rate = min(limit.rate for limit in self.limits)
         return burst_allowance(rate) / (2 * rate)
 
+    @functools.cached_property
+    def limiter_wait(self) -> metrics.BatchedHistogram:
+        return metrics.BatchedHistogram(metrics.LIMITER_WAIT.labels(channel=self.page.kind.value))
+
     def claim_size(self) -> int:
         """About a quarter second of sending at the current pace (at least one)."""
         rate = min(limit.rate for limit in self.limits)
@@ -152,12 +156,13 @@ class Pacing:
         start = loop.time()
         delays = reservation.delays()
         self.booked_until = max(self.booked_until, start + delays[-1])
-        waited = metrics.LIMITER_WAIT.labels(channel=self.page.kind.value)
+        waited = self.limiter_wait
         for item, delay in zip(sendable, delays, strict=True):
             waited.observe(delay)
             task = loop.create_task(self.send_at(start + delay, item, adapter))
             tasks[task] = item
             task.add_done_callback(tasks.pop)
+        waited.flush()
 
     def cool_down(self, result: SendResult | None) -> None:
         """Slow the page down after throttling (once per settling period: sends already under way when

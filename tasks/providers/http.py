@@ -41,7 +41,7 @@ import yarl
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
 
-from tasks.metrics import PROVIDER_REQUEST_SECONDS
+from tasks.metrics import PROVIDER_REQUEST_SECONDS, BatchedHistogram
 from tasks.providers.base import (
     REDACTED,
     OutgoingMessage,
@@ -153,7 +153,7 @@ class HttpAdapter:
         forms = {form for secret in self._secrets for form in secret_forms(secret)}
         self._secret_forms = tuple(sorted(forms, key=len, reverse=True))  # longest first
         self._checked_urls: set[str] = set()
-        self._latency = PROVIDER_REQUEST_SECONDS.labels(channel=self.kind.value)
+        self._latency = BatchedHistogram(PROVIDER_REQUEST_SECONDS.labels(channel=self.kind.value))
         self._setup(connection)
 
     def _setup(self, connection: PageConnection) -> None:
@@ -166,6 +166,7 @@ class HttpAdapter:
         return redact_verify(await self._verify(), self._secrets)
 
     async def aclose(self) -> None:
+        self._latency.flush()
         if self._owns_client:
             await self.client.aclose()
 

@@ -29,7 +29,7 @@ from urllib.parse import quote, urlsplit
 import aiosmtplib
 import httpx
 
-from tasks.metrics import PROVIDER_REQUEST_SECONDS
+from tasks.metrics import PROVIDER_REQUEST_SECONDS, BatchedHistogram
 from tasks.providers.base import (
     Outcome,
     OutgoingMessage,
@@ -173,7 +173,7 @@ class SmtpAdapter:
         self._guard = guard or UrlGuard(connection.allowed_hosts)
         self._pool = _Pool(self._connect, int(settings.get("pool_size") or DEFAULT_POOL_SIZE))
         self._secrets = tuple(value for value in connection.credentials.values() if value)
-        self._latency = PROVIDER_REQUEST_SECONDS.labels(channel=self.kind.value)
+        self._latency = BatchedHistogram(PROVIDER_REQUEST_SECONDS.labels(channel=self.kind.value))
 
     def build(self, message: OutgoingMessage) -> EmailMessage:
         """The MIME message for ``message`` (raises ValueError for headers with line breaks)."""
@@ -313,6 +313,7 @@ class SmtpAdapter:
         return redact_verify(VerifyResult(ok=True, detail=detail), self._secrets)
 
     async def aclose(self) -> None:
+        self._latency.flush()
         await self._pool.aclose()
 
     def __repr__(self) -> str:
