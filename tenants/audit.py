@@ -102,6 +102,9 @@ ACTION_TEXT = {
     "member.role_changed": "changed a member's role",
     "member.removed": "removed a member",
     "workspace.settings_changed": "changed the workspace settings",
+    "api_token.created": "created an API token",
+    "api_token.revoked": "revoked an API token",
+    "api.request": "changed data through the API",
 }
 
 

@@ -226,6 +226,44 @@ def auth(client) -> Auth:
     return Auth(client)
 
 
+class ApiClient:
+    """A system using the API: every request carries its Bearer token, and no cookie."""
+
+    def __init__(self, app: Flask, secret: str, tenant_id: int) -> None:
+        self.client = app.test_client(use_cookies=False)
+        self.secret, self.tenant_id = secret, tenant_id
+
+    def request(self, method: str, path: str, headers: dict | None = None, **kw):
+        headers = {"Authorization": f"Bearer {self.secret}", **(headers or {})}
+        return self.client.open(path, method=method, headers=headers, **kw)
+
+    def get(self, path: str, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw):
+        return self.request("POST", path, **kw)
+
+    def patch(self, path: str, **kw):
+        return self.request("PATCH", path, **kw)
+
+    def put(self, path: str, **kw):
+        return self.request("PUT", path, **kw)
+
+    def delete(self, path: str, **kw):
+        return self.request("DELETE", path, **kw)
+
+
+@pytest.fixture
+def api(app, auth) -> ApiClient:
+    """Acme's owner signed up (in ``client``) and an admin-scoped API token of Acme."""
+    from tests.factories import api_token_for, tenant_named
+
+    auth.signup()
+    with app.app_context():
+        tenant_id = tenant_named("Acme").id
+    return ApiClient(app, api_token_for(app, tenant_id), tenant_id)
+
+
 @pytest.fixture
 def other_client(app):
     """A second browser, for a second user."""

@@ -15,6 +15,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from tenants.accounts import hash_password
+from tenants.api_tokens import ApiToken, issue
 from tenants.campaigns import Campaign, Delivery, DeliveryAttempt, DeliveryState
 from tenants.contacts import (
     Contact,
@@ -189,8 +190,14 @@ def make_delivery(tenant: Tenant, made: dict) -> Delivery:
     return row
 
 
+def make_api_token(tenant: Tenant, made: dict) -> ApiToken:
+    token, _secret = issue(Role.OWNER, None, f"CRM of {tenant.name}", ["read"])
+    return token
+
+
 FACTORIES: dict[type, Factory] = {
     Membership: make_membership,
+    ApiToken: make_api_token,
     Invitation: make_invitation,
     Page: make_page,
     Contact: make_contact,
@@ -245,3 +252,11 @@ def sandbox_whatsapp_page(app, workspace: str, phone_number_id: str = "109876543
         db.session.add(page)
         db.session.commit()
         return tenant_id, page.id
+
+
+def api_token_for(app, tenant_id: int, scopes: tuple[str, ...] = ("admin",), name: str = "CRM") -> str:
+    """A new API token of the tenant (committed); returns its secret."""
+    with app.app_context(), tenant(db.session, tenant_id):
+        _token, secret = issue(Role.OWNER, None, name, scopes)
+        db.session.commit()
+        return secret

@@ -21,6 +21,7 @@ from tenants.db import db
 from webapp import (
     account,
     admin,
+    api,
     assets,
     audit,
     auth,
@@ -103,6 +104,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     for blueprint in (module.bp for module in blueprints):
         app.register_blueprint(blueprint)
+    api.init_app(app)
     app.add_template_filter(rendering.chart_time)
     app.cli.add_command(crier_cli)
     return app

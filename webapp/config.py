@@ -97,6 +97,7 @@ def settings(instance: Path, env: Mapping[str, str] = os.environ) -> dict[str, A
         # a request may carry a whole import file plus its form; larger uploads get the import's own message
         "MAX_CONTENT_LENGTH": int(env.get("MAX_IMPORT_BYTES", 50 * 1024 * 1024)) + 1024 * 1024,
         "WTF_CSRF_TIME_LIMIT": None,
+        "API_REQUESTS_PER_MINUTE": int(env.get("API_REQUESTS_PER_MINUTE", 600)),  # per API token
         "NODE_MODULES": Path(
             env.get("CRIER_NODE_MODULES", Path(__file__).resolve().parent.parent / "node_modules")
         ),

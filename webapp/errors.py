@@ -10,6 +10,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from tasks.broker import WorkersUnreachable
+from webapp.api.problems import from_http_exception as http_problem
 
 
 def init_app(app: Flask) -> None:
@@ -24,6 +25,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
+        if request.path.startswith("/api/v1/"):
+            return http_problem(error)
         if request.path.startswith("/api/") or request.path == "/healthz":
             return {"error": error.name, "message": error.description}, error.code
         return render_template("error.html", code=error.code, message=error.description), error.code

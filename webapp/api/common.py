@@ -1,0 +1,79 @@
+"""What every resource module of the API shares: error answers, lookups, keyset pagination."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, Field
+
+from tenants.db import db
+from tenants.scoping import TenantScoped
+from webapp.api.problems import ApiProblem, Problem
+
+T = TypeVar("T")
+
+# the error answers every authenticated route may give, for spectree's Response(...)
+ERRORS: dict[str, Any] = {
+    "HTTP_401": Problem,
+    "HTTP_403": Problem,
+    "HTTP_404": Problem,
+    "HTTP_429": Problem,
+}
+WRITE_ERRORS: dict[str, Any] = {**ERRORS, "HTTP_409": Problem, "HTTP_422": Problem}
+
+MAX_PAGE_SIZE = 500
+
+
+MAX_ID = 2**63 - 1  # no row has a larger id; a larger number is a 404, not a database error
+
+
+def get_or_404(model: type[T], object_id: int) -> T:
+    """The current tenant's ``model`` row with this id, or a 404 problem (another tenant's ids too)."""
+    row = db.session.get(model, object_id) if 0 < object_id <= MAX_ID else None
+    if row is None:
+        raise ApiProblem("not-found", f"No {_spoken(model)} {object_id} in this workspace.")
+    return row
+
+
+def _spoken(model: type) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", model.__name__).lower()
+
+
+@cache
+def path_models() -> dict[str, type]:
+    """Path arguments that name a tenant-owned object: ``contact_list_id`` → ``ContactList``."""
+    return {
+        re.sub(r"(?<!^)(?=[A-Z])", "_", mapper.class_.__name__).lower() + "_id": mapper.class_
+        for mapper in db.Model.registry.mappers
+        if issubclass(mapper.class_, TenantScoped) and [c.key for c in mapper.primary_key] == ["id"]
+    }
+
+
+def require_path_objects(view_args: dict[str, Any] | None) -> None:
+    """404 for a URL naming an object that is not the workspace's, before its body is even read.
+
+    Every route's ids are checked here, once, so another workspace's id is a 404 whatever the
+    method and whatever the body (an invalid body would otherwise be a 422 first).
+    """
+    models = path_models()
+    for name, value in (view_args or {}).items():
+        if name in models and isinstance(value, int):
+            get_or_404(models[name], value)
+
+
+class PageQuery(BaseModel):
+    """Keyset pagination: ``after`` is the ``next_after`` of the previous page (ids ascending)."""
+
+    after: int | None = Field(default=None, ge=0, description="The next_after cursor of the previous page")
+    limit: int = Field(default=100, ge=1, le=MAX_PAGE_SIZE)
+
+
+class PageInfo(BaseModel):
+    next_after: int | None = Field(description="Pass as ?after= for the next page; null on the last page")
+
+
+def page_info(ids: list[int], limit: int) -> PageInfo:
+    """The cursor after a page of ``ids`` fetched with ``limit + 1`` rows asked (the extra one says more)."""
+    return PageInfo(next_after=ids[limit - 1] if len(ids) > limit else None)

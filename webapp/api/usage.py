@@ -1,0 +1,1 @@
+"""Usage over the API."""
