@@ -15,6 +15,7 @@ def init_app(app: Flask) -> None:
     from tasks import metrics
 
     metrics.init_app(app)  # first: a module may make a metric's values when imported
+    import tasks.event_hooks
     import tasks.imports
     import tasks.receipts
     import tasks.system  # noqa: F401

@@ -12,6 +12,7 @@ from flask import current_app
 from flask_socketio import SocketIO
 
 from tasks.connections import redis_client
+from tenants import event_hooks
 from tenants.campaigns import Campaign, summary
 from tenants.db import db
 from tenants.models import Tenant
@@ -63,7 +64,7 @@ def campaign_summary(campaign_id: int) -> dict[str, Any] | None:
     return summary(campaign)
 
 
-def _rate_and_eta(campaign_id: int, data: dict[str, Any]) -> None:
+def add_rate_and_eta(campaign_id: int, data: dict[str, Any]) -> None:
     """Add the current rate (messages/s over the last few seconds) and the ETA, from samples in Redis."""
     client = redis_client()
     key = f"{current_app.config['REDIS_PREFIX']}:progress:{campaign_id}:samples"
@@ -112,7 +113,7 @@ def emit_progress(campaign_id: int, tenant_id: int, force: bool = False) -> None
         db.session.commit()
         if data is None:
             return
-        _rate_and_eta(campaign_id, data)
+        add_rate_and_eta(campaign_id, data)
         emit_campaign_event(tenant_id, campaign_id, "campaign:progress", data)
     except (redis.RedisError, OSError) as exc:
         log.info("campaign %s: progress not sent (%s)", campaign_id, exc.__class__.__name__)
@@ -122,6 +123,7 @@ def emit_state(campaign_id: int, event: str) -> None:
     """A state change event (started, paused, completed, failed) with the summary."""
     try:
         data = campaign_summary(campaign_id)
+        event_hooks.publish_campaign_state(event, data)  # to the tenant's webhooks too
         db.session.commit()
         if data is None:
             return

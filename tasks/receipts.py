@@ -18,6 +18,7 @@ from flask import current_app
 from sqlalchemy import func, select, update
 
 from tasks.broker import actor
+from tenants import event_hooks
 from tenants.campaigns import Campaign, Delivery, DeliveryState, quota_day
 from tenants.contacts import Contact, ContactChannelId
 from tenants.db import db, insert_ignoring_conflicts, utcnow
@@ -544,6 +545,8 @@ def apply_inbound(page_id: int | None = None, limit: int = 2000) -> int:
                     contact.opted_out = True
                     contact.opted_out_at = message.received_at
                     contact.opted_out_source = f"replied {message.text.strip()[:40]!r} on {page.name}"[:200]
+                    event_hooks.publish_opt_out(contact)
+        event_hooks.publish_reply(message)
         message.applied_at = now
     tally.save()
     db.session.commit()

@@ -25,7 +25,7 @@ import redis
 from flask import Flask, current_app
 from sqlalchemy import and_, func, or_, select, text, update
 
-from tasks import attempts, heartbeat, lifecycle, metrics
+from tasks import attempts, event_hooks, heartbeat, lifecycle, metrics
 from tasks.connections import redis_client
 from tasks.progress import emit_state
 from tasks.receipts import apply_inbound, apply_receipts, process_webhook_event
@@ -69,6 +69,7 @@ def sweep() -> dict[str, int]:
         done["relaunched"] = relaunch_stale_campaigns()
         done["callbacks"] = process_stale_callbacks()
         done["receipts"] = apply_late_receipts()
+        done["event_hooks"] = event_hooks.kick_if_due()
         db.session.commit()
     return done
 

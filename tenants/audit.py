@@ -105,6 +105,8 @@ ACTION_TEXT = {
     "api_token.created": "created an API token",
     "api_token.revoked": "revoked an API token",
     "api.request": "changed data through the API",
+    "event_hook.created": "subscribed a URL to events",
+    "event_hook.deleted": "deleted a webhook",
 }
 
 

@@ -26,7 +26,9 @@ from tenants.contacts import (
     ImportRejection,
     Segment,
 )
+from tenants.crypto import seal
 from tenants.db import db, utcnow
+from tenants.event_hooks import DeliveryStatus, EventDelivery, EventSubscription
 from tenants.events import InboundMessage, Receipt, ReceiptStatus, WebhookEvent
 from tenants.models import Invitation, Membership, Role, Tenant, User
 from tenants.pages import Page, ProviderKind, apply_form
@@ -195,6 +197,31 @@ def make_api_token(tenant: Tenant, made: dict) -> ApiToken:
     return token
 
 
+def make_event_subscription(tenant: Tenant, made: dict) -> EventSubscription:
+    row = EventSubscription(
+        url=f"https://crm.{tenant.slug}.example/crier-events",
+        events=["campaign.completed", "delivery.failed"],
+        secret_sealed=seal({"signing_secret": f"whsec_of_{tenant.slug}"}),
+    )
+    db.session.add(row)
+    return row
+
+
+def make_event_delivery(tenant: Tenant, made: dict) -> EventDelivery:
+    row = EventDelivery(
+        subscription_id=made[EventSubscription].id,
+        event_type="delivery.failed",
+        event_id=f"evt_of_{tenant.slug}",
+        payload={"delivery": {"id": made[Delivery].id}},
+        status=DeliveryStatus.FAILED,
+        attempts=6,
+        last_status=500,
+        last_error="gave up after 6 attempts: HTTP 500",
+    )
+    db.session.add(row)
+    return row
+
+
 FACTORIES: dict[type, Factory] = {
     Membership: make_membership,
     ApiToken: make_api_token,
@@ -214,6 +241,8 @@ FACTORIES: dict[type, Factory] = {
     Campaign: make_campaign,
     Delivery: make_delivery,
     DeliveryAttempt: make_delivery_attempt,
+    EventSubscription: make_event_subscription,
+    EventDelivery: make_event_delivery,
 }
 
 

@@ -423,7 +423,7 @@ def test_progress_says_how_many_the_daily_limit_holds_back_instead_of_a_rate_eta
     """The live ETA must not promise the rest within minutes when the quota runs out first."""
     from sqlalchemy import insert
 
-    from tasks.progress import _rate_and_eta
+    from tasks.progress import add_rate_and_eta
     from tenants.campaigns import Campaign, CampaignState, Delivery, quota_day
     from tenants.db import db
     from tenants.models import Tenant
@@ -451,5 +451,5 @@ def test_progress_says_how_many_the_daily_limit_holds_back_instead_of_a_rate_eta
             db.session.add(DailyUsage(tenant_id=acme.id, scope=TENANT_SCOPE, day=quota_day(acme), used=4))
             db.session.commit()
             data = {"state": "running", "processed": 0, "pending": 20, "in_flight": 0}
-            _rate_and_eta(spring.id, data)
+            add_rate_and_eta(spring.id, data)
     assert (data["held_back"], data["eta_seconds"]) == (14, None)  # 6 may still go today

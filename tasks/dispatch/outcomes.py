@@ -20,6 +20,7 @@ from tasks.connections import with_db_retry
 from tasks.dispatch.claims import TABLE, Claimed
 from tasks.dispatch.pacing import HOLD_FROM, PAIR_INTERVAL
 from tasks.providers.base import Outcome, SendResult
+from tenants import event_hooks
 from tenants.campaigns import (
     DeliveryState,
     PauseReason,
@@ -225,6 +226,7 @@ class Outcomes:
             # only rows still in flight are written and refunded: after a lost commit acknowledgement
             # the retry finds them written and gives nothing back twice
             held = self._write_rows(outcomes, utcnow())
+            event_hooks.publish_failed_deliveries(self.tenant_id, self.campaign_id, outcomes, held)
             refunds: dict[date, int] = {}
             for o in outcomes:
                 if o.refund is not None and o.id in held:
