@@ -42,9 +42,21 @@ def verify(connection: PageConnection) -> VerifyResult:
     return asyncio.run(_with_adapter(connection, lambda adapter: adapter.verify()))
 
 
-def test_send(connection: PageConnection, address: str, text: str, subject: str | None = None) -> SendResult:
+def test_send(
+    connection: PageConnection,
+    address: str,
+    text: str,
+    subject: str | None = None,
+    media_url: str | None = None,
+    media_type: str | None = None,
+) -> SendResult:
     message = OutgoingMessage(
-        reference=f"test-{secrets.token_hex(6)}", recipient=address, text=text, subject=subject
+        reference=f"test-{secrets.token_hex(6)}",
+        recipient=address,
+        text=text,
+        subject=subject,
+        media_url=media_url,
+        media_type=media_type,
     )
     return asyncio.run(_with_adapter(connection, lambda adapter: adapter.send(message)))
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from tenants.db import JSONDocument, TimestampMixin, db, str_enum
 from tenants.pages import ProviderKind
 from tenants.scoping import TenantScoped
-from tenants.templating import check_template
+from tenants.templating import check_template, media_type_of
 
 
 class Template(TenantScoped, TimestampMixin, db.Model):
@@ -26,6 +26,7 @@ class Template(TenantScoped, TimestampMixin, db.Model):
     body: Mapped[str] = mapped_column(Text, default="")  # text (and the plain part of email)
     html_body: Mapped[str | None] = mapped_column(Text)  # email
     media_url: Mapped[str | None] = mapped_column(String(1000))
+    media_type: Mapped[str | None] = mapped_column(String(20))  # chosen; None: told by the URL's extension
     whatsapp_template: Mapped[str | None] = mapped_column(String(200))  # approved template name
     whatsapp_language: Mapped[str | None] = mapped_column(String(20))
     whatsapp_parameters: Mapped[list[str]] = mapped_column(JSONDocument, default=list)  # one expression each
@@ -35,6 +36,11 @@ class Template(TenantScoped, TimestampMixin, db.Model):
         parts = {"subject": self.subject, "body": self.body, "html_body": self.html_body}
         parts.update({f"parameter {n + 1}": p for n, p in enumerate(self.whatsapp_parameters or [])})
         return {name: text for name, text in parts.items() if text}
+
+    @property
+    def media_kind(self) -> str | None:
+        """The media type sent (image, document, video, audio): the one chosen, else the URL's."""
+        return media_type_of(self.media_url, self.media_type)
 
 
 class TemplateError(ValueError):
@@ -57,7 +63,9 @@ def apply_template_form(template: Template, fields: dict[str, str]) -> Template:
     template.subject = (fields.get("subject") or "").strip()[:300] or None
     template.body = fields.get("body") or ""
     template.html_body = fields.get("html_body") or None
-    template.media_url = (fields.get("media_url") or "").strip()[:1000] or None
+    template.media_url = (fields.get("media_url") or "").strip() or None
+    chosen = (fields.get("media_type") or "").strip()[:20]  # checked with the rest by check_template
+    template.media_type = chosen if chosen and template.media_url else None
     template.whatsapp_template = (fields.get("whatsapp_template") or "").strip()[:200] or None
     template.whatsapp_language = (fields.get("whatsapp_language") or "").strip()[:20] or None
     template.whatsapp_parameters = [

@@ -18,10 +18,15 @@ back as :class:`TemplateProblem`\\ s with the part, line and (where known) colum
 
 Compile once (:func:`compile_template`, cached by source) and render many times: a
 campaign start renders every recipient.
+
+A template's media (``media_url`` and ``media_type``, not rendered) is checked with its
+structure, so at save and at campaign start: :func:`media_problem` says what a channel
+cannot carry, and :func:`media_type_of` which type is sent.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -31,6 +36,7 @@ from datetime import date, time
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, NamedTuple, Protocol
+from urllib.parse import unquote, urlsplit
 
 from jinja2 import filters as jinja_filters
 from jinja2 import meta, nodes, pass_context, pass_eval_context
@@ -73,6 +79,100 @@ CHANNEL_NAMES = {
     ProviderKind.SMTP: "Email",
     ProviderKind.WEBHOOK: "Webhook",
 }
+
+#: What a template's media can be; each adapter sends it in its provider's own form (WIRE.md).
+MEDIA_TYPES: dict[str, str] = {"image": "Image", "document": "Document", "video": "Video", "audio": "Audio"}
+MEDIA_CAPTION_LIMIT = 1_024  # WhatsApp's caption of an image, a video or a document
+MEDIA_URL_MAX_CHARS = 1_000  # Template.media_url's column
+_CAPTION_CHANNELS = (ProviderKind.WHATSAPP, ProviderKind.EVOLUTION)  # the text is the media's caption
+_MEDIA_EXTENSIONS: dict[str, str] = {
+    **dict.fromkeys(("jpg", "jpeg", "png", "webp", "gif"), "image"),
+    **dict.fromkeys(("mp4", "3gp", "mov", "m4v"), "video"),
+    **dict.fromkeys(("mp3", "ogg", "opus", "oga", "m4a", "aac", "amr", "wav"), "audio"),
+    **dict.fromkeys(
+        ("pdf", "doc", "docx", "xls", "xlsx", "ppt", "pptx", "odt", "ods", "txt", "csv", "zip"), "document"
+    ),
+}
+_MEDIA_URL_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f<>\"]")
+
+
+def media_file_name(url: str) -> str:
+    """The last part of ``url``'s path, decoded ("report.pdf"): the file name a document is shown with."""
+    return posixpath.basename(unquote(urlsplit(url).path)) or "file"
+
+
+def guess_media_type(url: str | None) -> str | None:
+    """The media type ``url``'s file extension tells (``.jpg`` image, ``.pdf`` document...), or None."""
+    if not url:
+        return None
+    extension = posixpath.splitext(urlsplit(url).path)[1].lstrip(".").lower()
+    return _MEDIA_EXTENSIONS.get(extension)
+
+
+def media_type_of(url: str | None, chosen: str | None) -> str | None:
+    """The media type sent with ``url``: the one chosen, else the one its extension tells (None: no URL)."""
+    if not url:
+        return None
+    return chosen if chosen in MEDIA_TYPES else guess_media_type(url)
+
+
+def media_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a template's media, or None.
+
+    The provider fetches it from the internet for every recipient (Crier never does), so it must
+    be a plain https URL: no credentials, nothing a provider would have to guess at. The sandbox
+    never fetches media either, so development and tests use https URLs too.
+    """
+    if len(url) > MEDIA_URL_MAX_CHARS:
+        return f"The media URL is longer than {MEDIA_URL_MAX_CHARS:,} characters."
+    if _MEDIA_URL_FORBIDDEN.search(url):
+        return "The media URL cannot contain spaces, quotes or angle brackets."
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises for a port that is not a number)
+    except ValueError:
+        return "The media URL is not a valid URL."
+    if parts.scheme != "https" or not parts.hostname:
+        return "The media URL must be a full https:// address, like https://cdn.example.com/photo.jpg."
+    if parts.username is not None or parts.password is not None:
+        return "The media URL cannot carry a user name or password: every provider would see them."
+    return None
+
+
+def media_problem(
+    channel: ProviderKind | None, media_url: str | None, chosen: str | None, *, has_text: bool, approved: bool
+) -> str | None:
+    """Why the channel cannot send this media as the template stands (None when it can, or there is none).
+
+    WhatsApp (Cloud and Evolution) sends the text as the caption, except with audio, which has
+    none; an approved WhatsApp template carries an image, a video or a document as its header.
+    Messenger's attachment carries no text at all. Email and webhook pages send the link.
+    """
+    if not media_url:
+        return None
+    url_problem = media_url_problem(media_url)
+    if url_problem is not None:
+        return url_problem
+    if chosen and chosen not in MEDIA_TYPES:
+        return f"Choose the media type among {', '.join(MEDIA_TYPES)}."
+    media_type = media_type_of(media_url, chosen)
+    if media_type is None:
+        return "Choose the media type: it cannot be told from the URL's file extension."
+    if channel is ProviderKind.MESSENGER and has_text:
+        return (
+            "Messenger cannot send text with an attachment in one message: leave the message empty to "
+            "send the media alone, or remove the media URL."
+        )
+    if channel in _CAPTION_CHANNELS and media_type == "audio":
+        if approved:
+            return "An approved WhatsApp template's header can be an image, a video or a document, not audio."
+        if has_text:
+            return (
+                f"{CHANNEL_NAMES[channel]} sends audio without a caption: leave the message empty to send "
+                "the audio alone, or choose another media type."
+            )
+    return None
+
 
 #: Contact columns and their variable names (the first is the name the editor suggests).
 CONTACT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -840,6 +940,7 @@ class CompiledTemplate:
     body: _Part | None = field(default=None, repr=False)
     html_body: _Part | None = field(default=None, repr=False)
     parameters: tuple[_Part | None, ...] = field(default=(), repr=False)
+    caption_limit: int | None = None  # the text goes as a media caption, with this limit
 
     @property
     def ok(self) -> bool:
@@ -891,6 +992,12 @@ class CompiledTemplate:
         limits = CHANNEL_LIMITS.get(self.channel) if self.channel else None
         if limits is None:
             return None
+        if self.caption_limit is not None and len(text) > self.caption_limit:
+            channel = CHANNEL_NAMES[self.channel]
+            return (
+                f"The message is {len(text):,} characters long; {channel} allows {self.caption_limit:,} "
+                "as the caption of a media."
+            )
         if limits.text is not None and len(text) > limits.text:
             channel = CHANNEL_NAMES[self.channel]
             return f"The message is {len(text):,} characters long; {channel} allows {limits.text:,}."
@@ -920,7 +1027,8 @@ class _Sources(NamedTuple):
     parameters: tuple[str, ...]
     whatsapp_template: bool
     whatsapp_language: bool
-    media_url: bool
+    media_url: str | None
+    media_type: str | None
 
 
 _TEXT_CHANNELS = (ProviderKind.WHATSAPP, ProviderKind.EVOLUTION, ProviderKind.MESSENGER)
@@ -929,10 +1037,19 @@ _TEXT_CHANNELS = (ProviderKind.WHATSAPP, ProviderKind.EVOLUTION, ProviderKind.ME
 def _structure_problems(sources: _Sources) -> list[TemplateProblem]:
     body = (sources.body or "").strip()
     problems = []
+    media = media_problem(
+        sources.channel,
+        sources.media_url,
+        sources.media_type,
+        has_text=bool(body),
+        approved=sources.channel is ProviderKind.WHATSAPP and sources.whatsapp_template,
+    )
+    if media is not None:
+        problems.append(TemplateProblem("media", media, kind="structure"))
     if sources.channel is ProviderKind.SMTP:
         if not (sources.subject or "").strip():
             problems.append(TemplateProblem("subject", "An email needs a subject.", kind="structure"))
-        if not body and not (sources.html_body or "").strip():
+        if not body and not (sources.html_body or "").strip() and not sources.media_url:
             problems.append(TemplateProblem("body", "An email needs a text or HTML body.", kind="structure"))
     elif sources.channel is ProviderKind.WHATSAPP and sources.whatsapp_template:
         if not sources.whatsapp_language:
@@ -948,6 +1065,13 @@ def _structure_problems(sources: _Sources) -> list[TemplateProblem]:
     return problems
 
 
+def _caption_limit(sources: _Sources) -> int | None:
+    """The text's limit when it goes as a media caption (WhatsApp's 1,024), else None (the channel's)."""
+    if sources.channel in _CAPTION_CHANNELS and sources.media_url and not sources.whatsapp_template:
+        return MEDIA_CAPTION_LIMIT
+    return None
+
+
 def compile_template(template: TemplateLike) -> CompiledTemplate:
     """Compile every part of ``template`` (cached by source, so calling this again is cheap)."""
     return _compile_sources(
@@ -959,7 +1083,8 @@ def compile_template(template: TemplateLike) -> CompiledTemplate:
             tuple(str(p) if p is not None else "" for p in template.whatsapp_parameters or ()),
             bool(getattr(template, "whatsapp_template", None)),
             bool(getattr(template, "whatsapp_language", None)),
-            bool(getattr(template, "media_url", None)),
+            getattr(template, "media_url", None) or None,
+            getattr(template, "media_type", None) or None,
         )
     )
 
@@ -996,6 +1121,7 @@ def _compile_sources(sources: _Sources) -> CompiledTemplate:
         body=body,
         html_body=html_body,
         parameters=parameters,
+        caption_limit=_caption_limit(sources),
     )
 
 
@@ -1042,6 +1168,8 @@ __all__ = [
     "CONTACT_FIELDS",
     "MAX_LOOP_STEPS",
     "MAX_OUTPUT_CHARS",
+    "MEDIA_CAPTION_LIMIT",
+    "MEDIA_TYPES",
     "ChannelLimits",
     "CompiledTemplate",
     "RenderedMessage",
@@ -1050,6 +1178,11 @@ __all__ = [
     "check_template",
     "compile_template",
     "contact_variables",
+    "guess_media_type",
+    "media_file_name",
+    "media_problem",
+    "media_type_of",
+    "media_url_problem",
     "missing_for_audience",
     "render",
     "variables_used",

@@ -278,6 +278,39 @@ def test_structure_problems():
     assert check_template(message(whatsapp_template="hello", whatsapp_language="en")) == []
 
 
+@pytest.mark.parametrize(
+    ("url", "chosen", "sent_as"),
+    [
+        ("https://cdn.example.com/menu.JPG?v=2", None, "image"),
+        ("https://cdn.example.com/menu.pdf", None, "document"),
+        ("https://cdn.example.com/clip.mp4", None, "video"),
+        ("https://cdn.example.com/note.ogg", None, "audio"),
+        ("https://cdn.example.com/menu.jpg", "document", "document"),
+        ("https://cdn.example.com/menu", None, None),
+    ],
+)
+def test_a_medias_type_is_the_one_chosen_else_the_urls_extension(url, chosen, sent_as):
+    template = message("", media_url=url, media_type=chosen)
+
+    assert template.media_kind == sent_as
+    problems = [p.message for p in check_template(template)]
+    assert problems == (
+        [] if sent_as else ["Choose the media type: it cannot be told from the URL's file extension."]
+    )
+
+
+def test_a_media_only_message_needs_no_text_but_a_caption_has_whatsapps_limit():
+    photo = "https://cdn.example.com/menu.jpg"
+    assert check_template(message("", media_url=photo)) == []
+    assert check_template(message("", channel=ProviderKind.SMTP, subject="Menu", media_url=photo)) == []
+    assert render(message("x" * 1_024, media_url=photo), {}).ok
+    too_long = render(message("x" * 1_025, media_url=photo), {}).too_long
+    assert (
+        too_long == "The message is 1,025 characters long; WhatsApp allows 1,024 as the caption of a media."
+    )
+    assert render(message("x" * 1_025, channel=ProviderKind.WEBHOOK, media_url=photo), {}).ok
+
+
 def test_compiling_is_cached_and_rendering_is_fast():
     body = (
         "Hi {{ firstName|default('there') }}! Your order for {{ company|default('your team') }} ships from "

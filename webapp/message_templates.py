@@ -11,7 +11,15 @@ from tenants.contacts import Contact, ContactList, ContactListMember
 from tenants.db import db
 from tenants.pages import ProviderKind
 from tenants.templates import Template, TemplateError, apply_template_form
-from tenants.templating import CHANNEL_LIMITS, CHANNEL_NAMES, check_template, missing_for_audience, render
+from tenants.templating import (
+    CHANNEL_LIMITS,
+    CHANNEL_NAMES,
+    MEDIA_TYPES,
+    check_template,
+    media_type_of,
+    missing_for_audience,
+    render,
+)
 from webapp.rendering import render_page
 from webapp.tenancy import member_required
 
@@ -43,7 +51,8 @@ def _draft(channel: ProviderKind) -> SimpleNamespace:
         subject=form.get("subject") or None,
         body=form.get("body") or "",
         html_body=form.get("html_body") or None,
-        media_url=form.get("media_url") or None,
+        media_url=(form.get("media_url") or "").strip() or None,
+        media_type=form.get("media_type") or None,
         whatsapp_template=form.get("whatsapp_template") or None,
         whatsapp_language=form.get("whatsapp_language") or None,
         whatsapp_parameters=[
@@ -66,6 +75,7 @@ def _editor(template: Template, channel: ProviderKind, error=None, problems=(), 
         form=request.form,
         contacts=contacts,
         lists=lists,
+        media_types=MEDIA_TYPES,
     ), status
 
 
@@ -151,6 +161,8 @@ def preview():
         audience_missing=audience_missing,
         audience_size=audience_size,
         audience_limit=PREVIEW_AUDIENCE_LIMIT,
+        media_type=media_type_of(draft.media_url, draft.media_type),
+        media_types=MEDIA_TYPES,
         limits=CHANNEL_LIMITS[channel],
         channel_name=CHANNEL_NAMES[channel],
         form=request.form,

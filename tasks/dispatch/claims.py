@@ -238,6 +238,7 @@ class Claims:
             subject=rendered.subject,
             html=rendered.html,
             media_url=self.source.media_url,
+            media_type=self.source.media_type,
             template=template,
         )
         return item

@@ -53,6 +53,7 @@ class OutgoingMessage:
     subject: str | None = None
     html: str | None = None
     media_url: str | None = None
+    media_type: str | None = None  # image | document | video | audio (tenants.templating.MEDIA_TYPES)
     template: TemplateRef | None = None
     unsubscribe_url: str | None = None
     variables: dict[str, Any] = field(default_factory=dict)

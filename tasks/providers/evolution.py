@@ -2,10 +2,13 @@
 
 The base URL is the tenant's own server, so requests pass the SSRF guard like webhooks do.
 Evolution does not carry Crier's reference; the provider id is the answer's ``key.id``.
+Text goes to ``sendText``; an image, a video or a document (the text as its caption) to
+``sendMedia``; audio, which carries no caption, to ``sendWhatsAppAudio`` as a voice note.
 """
 
 from __future__ import annotations
 
+import mimetypes
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -28,7 +31,8 @@ from tasks.providers.classification import (
     verify_failure,
 )
 from tasks.providers.http import HttpAdapter
-from tasks.providers.whatsapp import wa_number
+from tasks.providers.whatsapp import media_type, unsendable, wa_number
+from tenants.templating import media_file_name
 
 
 def error_condition(status: int, body: Any) -> str | None:
@@ -52,7 +56,7 @@ def error_text(body: dict[str, Any]) -> str:
 
 
 def evolution_answer(response: httpx.Response) -> SendResult:
-    """Classify Evolution's answer to ``sendText``."""
+    """Classify Evolution's answer to ``sendText``, ``sendMedia`` or ``sendWhatsAppAudio``."""
     body = read_json(response)
     if not isinstance(body, dict):
         return malformed_answer(response, "an Evolution JSON answer")
@@ -74,7 +78,7 @@ def evolution_answer(response: httpx.Response) -> SendResult:
 
 
 class EvolutionAdapter(HttpAdapter):
-    """Sends text through one Evolution instance, authenticated by the ``apikey`` header."""
+    """Sends text or media through one Evolution instance, authenticated by the ``apikey`` header."""
 
     kind: ClassVar[ProviderKind] = ProviderKind.EVOLUTION
     label: ClassVar[str] = "Evolution"
@@ -85,11 +89,40 @@ class EvolutionAdapter(HttpAdapter):
         self._headers = {"apikey": connection.credentials.get("api_key", "")}
 
     async def _send(self, message: OutgoingMessage) -> SendResult:
+        if message.media_url:
+            return await self._send_media(message)
         answer = await self._request(
             "POST",
             f"{self._base}/message/sendText/{self._instance}",
             headers=self._headers,
             json={"number": wa_number(message.recipient), "text": message.text},
+        )
+        if isinstance(answer, SendResult):
+            return answer
+        return evolution_answer(answer)
+
+    async def _send_media(self, message: OutgoingMessage) -> SendResult:
+        url, kind = message.media_url or "", media_type(message)
+        if kind == "audio":
+            if message.text:
+                return unsendable("WhatsApp sends audio without a caption, so the text cannot go with it")
+            endpoint = "sendWhatsAppAudio"
+            body: dict[str, Any] = {"number": wa_number(message.recipient), "audio": url}
+        else:
+            endpoint = "sendMedia"
+            file_name = media_file_name(url)
+            body = {
+                "number": wa_number(message.recipient),
+                "mediatype": kind,
+                "media": url,
+                "caption": message.text,
+                "fileName": file_name,
+            }
+            mimetype = mimetypes.guess_type(file_name, strict=False)[0]
+            if mimetype:
+                body["mimetype"] = mimetype
+        answer = await self._request(
+            "POST", f"{self._base}/message/{endpoint}/{self._instance}", headers=self._headers, json=body
         )
         if isinstance(answer, SendResult):
             return answer

@@ -7,13 +7,16 @@ from typing import Any, ClassVar
 from tasks.providers.base import OutgoingMessage, PageConnection, ProviderKind, SendResult, VerifyResult
 from tasks.providers.classification import graph_answer, read_json, verify_failure
 from tasks.providers.http import HttpAdapter
+from tasks.providers.whatsapp import media_type, unsendable
 
 DEFAULT_BASE_URL = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v21.0"
+ATTACHMENT_TYPES = {"image": "image", "video": "video", "audio": "audio", "document": "file"}
 
 
 class MessengerAdapter(HttpAdapter):
-    """Sends text to a page-scoped id with ``messaging_type`` + ``tag``; the reference is ``metadata``."""
+    """Sends text, or one attachment, to a page-scoped id with ``messaging_type`` + ``tag``; the
+    reference is ``metadata``. An attachment carries no text, so text with media is refused."""
 
     kind: ClassVar[ProviderKind] = ProviderKind.MESSENGER
     trusted_base_url: ClassVar[str | None] = DEFAULT_BASE_URL
@@ -29,17 +32,27 @@ class MessengerAdapter(HttpAdapter):
         self._page_id = settings.get("page_id")
 
     def payload(self, message: OutgoingMessage) -> dict[str, Any]:
-        """The Send API body for ``message`` (text only; ``media_url`` is not sent)."""
+        """The Send API body for ``message``: its text, or its media as an attachment."""
+        if message.media_url:
+            attachment = {
+                "type": ATTACHMENT_TYPES.get(media_type(message), "file"),
+                "payload": {"url": message.media_url, "is_reusable": True},
+            }
+            content = {"attachment": attachment, "metadata": message.reference}
+        else:
+            content = {"text": message.text, "metadata": message.reference}
         payload: dict[str, Any] = {
             "recipient": {"id": message.recipient},
             "messaging_type": self._messaging_type,
-            "message": {"text": message.text, "metadata": message.reference},
+            "message": content,
         }
         if self._messaging_type == "MESSAGE_TAG":
             payload["tag"] = self._tag
         return payload
 
     async def _send(self, message: OutgoingMessage) -> SendResult:
+        if message.media_url and message.text:
+            return unsendable("Messenger cannot send text with an attachment in one message")
         answer = await self._request(
             "POST",
             f"{self._api}/me/messages",

@@ -1,10 +1,10 @@
 """SMTP accounts through aiosmtplib (see WIRE.md, "SMTP").
 
-Each message is multipart/alternative text + HTML with ``Message-ID``, ``List-Unsubscribe``
-(+ ``List-Unsubscribe-Post`` when there is an https link) and ``X-Crier-Delivery``. An adapter
-keeps a small pool of logged-in connections (``settings["pool_size"]``, default 2) and reuses
-them across sends; a connection that fails is dropped, and a pooled one found dead before the
-message went out is replaced once, transparently.
+Each message is multipart/alternative text + HTML (a media goes as its link in both) with
+``Message-ID``, ``List-Unsubscribe`` (+ ``List-Unsubscribe-Post`` when there is an https link)
+and ``X-Crier-Delivery``. An adapter keeps a small pool of logged-in connections
+(``settings["pool_size"]``, default 2) and reuses them across sends; a connection that fails is
+dropped, and a pooled one found dead before the message went out is replaced once, transparently.
 
 The SMTP host is the tenant's choice, so it passes the SSRF guard: the adapter resolves the
 host itself, refuses internal addresses, and hands aiosmtplib a socket already connected to a
@@ -96,6 +96,19 @@ def text_to_html(text: str) -> str:
         + "\n".join(f"<p>{p}</p>" for p in paragraphs)
         + "\n</body></html>\n"
     )
+
+
+def with_media_link(text: str, html_part: str | None, url: str) -> tuple[str, str]:
+    """The text and HTML parts with the media's link added: on its own line after the text, and as
+    a link before the HTML's ``</body>`` (at its end when there is none)."""
+    plain = f"{text.rstrip()}\n\n{url}" if text.strip() else url
+    if html_part is None:
+        html_part = text_to_html(text.rstrip())
+    escaped = html.escape(url)
+    link = f'<p><a href="{escaped}">{escaped}</a></p>\n'
+    end = html_part.lower().rfind("</body>")
+    html_part = html_part[:end] + link + html_part[end:] if end >= 0 else f"{html_part}\n{link}"
+    return plain, html_part
 
 
 class _Pool:
@@ -193,8 +206,13 @@ class SmtpAdapter:
         if len(links) > 1:
             email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         email["X-Crier-Delivery"] = message.reference
-        email.set_content(message.text)
-        email.add_alternative(message.html or text_to_html(message.text), subtype="html")
+        if message.media_url:
+            text, html_part = with_media_link(message.text, message.html, message.media_url)
+            email.set_content(text)
+            email.add_alternative(html_part, subtype="html")
+        else:
+            email.set_content(message.text)
+            email.add_alternative(message.html or text_to_html(message.text), subtype="html")
         return email
 
     async def _open_socket(self) -> socket.socket:

@@ -32,6 +32,7 @@ from tasks.providers.classification import (
     verify_failure,
 )
 from tasks.providers.http import HttpAdapter
+from tasks.providers.whatsapp import media_type
 
 MAX_REDIRECTS = 3
 FOLLOWED_REDIRECTS = frozenset({307, 308})
@@ -104,15 +105,17 @@ class WebhookAdapter(HttpAdapter):
         )
 
     async def _send(self, message: OutgoingMessage) -> SendResult:
-        answer = await self._post(
-            {
-                "delivery": message.reference,
-                "recipient": message.recipient,
-                "text": message.text,
-                "subject": message.subject,
-                "variables": message.variables,
-            }
-        )
+        payload: dict[str, Any] = {
+            "delivery": message.reference,
+            "recipient": message.recipient,
+            "text": message.text,
+            "subject": message.subject,
+            "variables": message.variables,
+        }
+        if message.media_url:
+            payload["media_url"] = message.media_url
+            payload["media_type"] = media_type(message)
+        answer = await self._post(payload)
         if isinstance(answer, SendResult):
             return answer
         return webhook_answer(answer, message.reference)

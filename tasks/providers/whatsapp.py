@@ -5,9 +5,17 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from tasks.providers.base import OutgoingMessage, PageConnection, ProviderKind, SendResult, VerifyResult
+from tasks.providers.base import (
+    Outcome,
+    OutgoingMessage,
+    PageConnection,
+    ProviderKind,
+    SendResult,
+    VerifyResult,
+)
 from tasks.providers.classification import graph_answer, read_json, verify_failure
 from tasks.providers.http import HttpAdapter
+from tenants.templating import guess_media_type, media_file_name
 
 DEFAULT_BASE_URL = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v21.0"
@@ -18,9 +26,33 @@ def wa_number(recipient: str) -> str:
     return re.sub(r"[^0-9]", "", recipient)
 
 
+def media_type(message: OutgoingMessage) -> str:
+    """The type of ``message``'s media: as the campaign says; a campaign started before Crier
+    recorded it: told by the URL's extension, else a document (what any file can be sent as)."""
+    return message.media_type or guess_media_type(message.media_url) or "document"
+
+
+def unsendable(why: str) -> SendResult:
+    """A message this channel cannot carry as it is (refused before any request; the template
+    check refuses such templates at save and at campaign start, so only older campaigns get here)."""
+    return SendResult(Outcome.PERMANENT, code="unsupported_media", detail=why)
+
+
+def whatsapp_media(message: OutgoingMessage, kind: str, *, caption: bool) -> dict[str, str]:
+    """The Cloud API media object: ``link``, the text as ``caption`` (never for audio), a document's
+    ``filename``."""
+    media = {"link": message.media_url or ""}
+    if caption and message.text and kind != "audio":
+        media["caption"] = message.text
+    if kind == "document":
+        media["filename"] = media_file_name(media["link"])
+    return media
+
+
 class WhatsAppAdapter(HttpAdapter):
-    """Sends text, or an approved template, from one phone number id; the reference rides in
-    ``biz_opaque_callback_data`` and comes back in status callbacks."""
+    """Sends text, media (the text as its caption) or an approved template (media as its header)
+    from one phone number id; the reference rides in ``biz_opaque_callback_data`` and comes back
+    in status callbacks."""
 
     kind: ClassVar[ProviderKind] = ProviderKind.WHATSAPP
     trusted_base_url: ClassVar[str | None] = DEFAULT_BASE_URL
@@ -34,7 +66,8 @@ class WhatsAppAdapter(HttpAdapter):
         self._headers = {"Authorization": f"Bearer {connection.credentials.get('access_token', '')}"}
 
     def payload(self, message: OutgoingMessage) -> dict[str, Any]:
-        """The Cloud API body: a template when ``message.template`` is set, else plain text."""
+        """The Cloud API body: a template when ``message.template`` is set (its media as the header),
+        else the media with the text as caption, else plain text."""
         payload: dict[str, Any] = {
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
@@ -45,16 +78,31 @@ class WhatsAppAdapter(HttpAdapter):
                 "name": message.template.name,
                 "language": {"code": message.template.language},
             }
+            components = []
+            if message.media_url:
+                kind = media_type(message)
+                header = {"type": kind, kind: whatsapp_media(message, kind, caption=False)}
+                components.append({"type": "header", "parameters": [header]})
             if message.template.body_parameters:
                 parameters = [{"type": "text", "text": value} for value in message.template.body_parameters]
-                template["components"] = [{"type": "body", "parameters": parameters}]
+                components.append({"type": "body", "parameters": parameters})
+            if components:
+                template["components"] = components
             payload |= {"type": "template", "template": template}
+        elif message.media_url:
+            kind = media_type(message)
+            payload |= {"type": kind, kind: whatsapp_media(message, kind, caption=True)}
         else:
             payload |= {"type": "text", "text": {"preview_url": False, "body": message.text}}
         payload["biz_opaque_callback_data"] = message.reference
         return payload
 
     async def _send(self, message: OutgoingMessage) -> SendResult:
+        if message.media_url and media_type(message) == "audio":
+            if message.template is not None:
+                return unsendable("an approved template's header cannot be audio")
+            if message.text:
+                return unsendable("WhatsApp sends audio without a caption, so the text cannot go with it")
         answer = await self._request(
             "POST", f"{self._node}/messages", headers=self._headers, json=self.payload(message)
         )

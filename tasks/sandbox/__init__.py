@@ -17,8 +17,8 @@ Provider endpoints (the *account* of a message in brackets):
   derived from the token; ``GET /{v}/me`` tells it];
 - ``POST /{v}/{phone_number_id}/messages``, ``GET /{v}/{phone_number_id}`` — WhatsApp
   [phone_number_id];
-- ``POST /message/sendText/{instance}``, ``GET /instance/connectionState/{instance}`` —
-  Evolution [instance];
+- ``POST /message/sendText/{instance}`` (and ``sendMedia``, ``sendWhatsAppAudio``),
+  ``GET /instance/connectionState/{instance}`` — Evolution [instance];
 - ``POST /webhook/{name}`` — a tenant's webhook, answers ``{"id": ...}`` [name];
 - SMTP with AUTH PLAIN/LOGIN, no TLS [username].
 
@@ -38,7 +38,11 @@ Configuration keys are the fields of :class:`SandboxConfig` (see its definition 
 defaults and meaning). A message that passes validation is judged in this order:
 transient failure (``transient_share``), account rate limit (``rate_limit``), WhatsApp pair
 limit (``pair_limit``), recipients that always fail (``permanent_suffixes``), else accepted.
-Refusals never enter the ledger; they are counted in ``stats["rejected"]`` by class.
+Refusals never enter the ledger; they are counted in ``stats["rejected"]`` by class. Media
+messages (WhatsApp image/document/video/audio/sticker and template headers, Messenger
+attachments, Evolution ``sendMedia``/``sendWhatsAppAudio``, a webhook's ``media_url``) are
+validated as the provider does (a missing or non-URL link is a 400) and listed in the ledger
+with their ``media_url`` and ``media_type``; their ``body`` is the caption, if any.
 
 ``malformed_share`` (HTTP send endpoints only) gives that share of well-formed sends a
 malformed answer of ``malformed_kind``: ``html``, a load balancer's 502 error page (the message

@@ -16,6 +16,8 @@ from tasks.sandbox.ledger import Ledger, Message
 from tasks.sandbox.wire import (
     Answered,
     Evolution,
+    EvolutionAudio,
+    EvolutionMedia,
     Messenger,
     Webhook,
     WhatsApp,
@@ -252,6 +254,8 @@ def build_app(sandbox: Sandbox) -> web.Application:
     app.router.add_post(f"/{GRAPH_VERSION}/{{node}}/messages", graph_endpoint(messenger, whatsapp))
     app.router.add_get(f"/{GRAPH_VERSION}/{{node}}", graph_node(messenger, whatsapp))
     app.router.add_post("/message/sendText/{instance}", send_endpoint(evolution))
+    app.router.add_post("/message/sendMedia/{instance}", send_endpoint(EvolutionMedia()))
+    app.router.add_post("/message/sendWhatsAppAudio/{instance}", send_endpoint(EvolutionAudio()))
     app.router.add_get("/instance/connectionState/{instance}", evolution.verify)
     app.router.add_post("/webhook/{name}", send_endpoint(webhook))
     app.router.add_get("/_sandbox/health", health)

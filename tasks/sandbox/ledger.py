@@ -1,10 +1,10 @@
 """The ledger: every message the sandbox accepted, and the counters behind ``/_sandbox/stats``.
 
 Entries are kept column by column (times in an ``array``, the rest in lists of shared
-strings): a million messages with 60-character bodies take about 350 MB. Sequence
-numbers and provider message ids are derived from positions, not stored. Past
-``capacity`` entries the oldest tenth is dropped from the listing (counters, duplicate
-detection and statistics still cover them).
+strings, and the media of the messages that have one in a dict by sequence number): a million
+messages with 60-character bodies take about 350 MB. Sequence numbers and provider message ids
+are derived from positions, not stored. Past ``capacity`` entries the oldest tenth is dropped
+from the listing (counters, duplicate detection and statistics still cover them).
 """
 
 from __future__ import annotations
@@ -33,7 +33,11 @@ DEFAULT_CAPACITY = 5_000_000
 
 @dataclass(slots=True)
 class Message:
-    """One message as the sandbox understood it, whatever the provider."""
+    """One message as the sandbox understood it, whatever the provider.
+
+    ``body`` is the text (a media's caption); a media message also has its ``media_url`` and
+    ``media_type`` (the provider's own word: image, video, audio, document, file, sticker).
+    """
 
     kind: str
     account: str
@@ -41,6 +45,8 @@ class Message:
     body: str
     reference: str | None
     sender: str | None = None  # fingerprint of the credential it was sent with (see wire.fingerprint)
+    media_url: str | None = None
+    media_type: str | None = None
 
 
 class AccountTally:
@@ -113,6 +119,7 @@ class Ledger:
         self.recipients: list[str] = []
         self.bodies: list[str] = []
         self.references: list[str | None] = []
+        self.media: dict[int, tuple[str, str | None]] = {}  # seq -> (url, type), media messages only
         self.first_seq = 1
         self.accepted = 0
         self.duplicates = 0
@@ -143,11 +150,11 @@ class Ledger:
             message.kind, message.account
         )
         recipient = message.recipient
-        duplicate = (
-            _seen_before(tally.references_seen, recipient, message.reference)
-            if message.reference is not None
-            else _seen_before(tally.bodies_seen, recipient, message.body)
-        )
+        if message.reference is not None:
+            duplicate = _seen_before(tally.references_seen, recipient, message.reference)
+        else:
+            content = message.body if message.media_url is None else f"{message.body}\n{message.media_url}"
+            duplicate = _seen_before(tally.bodies_seen, recipient, content)
         if duplicate:
             self.duplicates += 1
             tally.duplicates += 1
@@ -167,7 +174,10 @@ class Ledger:
         self.recipients.append(recipient)
         self.bodies.append(message.body)
         self.references.append(message.reference)
-        return self._id_formats[message.kind](self.first_seq + len(self.times) - 1)
+        seq = self.first_seq + len(self.times) - 1
+        if message.media_url is not None:
+            self.media[seq] = (message.media_url, message.media_type)
+        return self._id_formats[message.kind](seq)
 
     def _drop_oldest(self, count: int) -> None:
         """Forget the oldest entries of the listing (counters and duplicate detection keep them)."""
@@ -177,6 +187,8 @@ class Ledger:
         del self.bodies[:count]
         del self.references[:count]
         self.first_seq += count
+        if self.media:
+            self.media = {seq: media for seq, media in self.media.items() if seq >= self.first_seq}
 
     def refuse(self, reason: str, kind: str, account: str | None) -> None:
         """Count a refused request (refusals never enter the ledger)."""
@@ -193,6 +205,7 @@ class Ledger:
         for index in range(start, stop):
             seq = self.first_seq + index
             tally = self.tallies[index]
+            media_url, media_type = self.media.get(seq, (None, None))
             listed.append(
                 {
                     "seq": seq,
@@ -203,6 +216,8 @@ class Ledger:
                     "body": self.bodies[index],
                     "reference": self.references[index],
                     "message_id": self._id_formats[tally.kind](seq),
+                    "media_url": media_url,
+                    "media_type": media_type,
                 }
             )
         return listed, listed[-1]["seq"] if listed else max(after, self.first_seq - 1)

@@ -24,9 +24,20 @@ from tasks.sandbox.behaviour import Verdict
 from tasks.sandbox.ledger import EVOLUTION, MESSENGER, WEBHOOK, WHATSAPP, Message
 
 GRAPH_MAX_TEXT = 4096
+GRAPH_MAX_CAPTION = 1024
 MESSENGER_MAX_TEXT = 2000
 MISSING_ACCOUNT = "missing"
 WHATSAPP_MEDIA_TYPES = ("image", "document", "audio", "video", "sticker")
+WHATSAPP_CAPTIONED = ("image", "document", "video")
+WHATSAPP_HEADER_MEDIA = ("image", "document", "video")
+MESSENGER_ATTACHMENT_TYPES = ("image", "video", "audio", "file")
+EVOLUTION_MEDIA_TYPES = ("image", "video", "document", "audio")
+EVOLUTION_MESSAGE_FIELDS = {
+    "image": "imageMessage",
+    "video": "videoMessage",
+    "document": "documentMessage",
+    "audio": "audioMessage",
+}
 
 
 class Answered(Exception):
@@ -173,6 +184,12 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _web_url(value: Any) -> str | None:
+    """``value`` if it is an http(s) URL a provider could fetch, else None."""
+    text = _text(value)
+    return text if text is not None and text.startswith(("https://", "http://")) and " " not in text else None
+
+
 def _objects(value: Any) -> list[dict[str, Any]]:
     """The JSON objects of a list (anything else holds none)."""
     return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
@@ -207,12 +224,15 @@ class WhatsApp:
         recipient = digits_of(to) if to else ""
         if not recipient:
             raise graph_bad_request("The parameter to is required.", account)
-        body = self._body(payload, account)
+        body, media_url, media_type = self._content(payload, account)
         reference = _text(payload.get("biz_opaque_callback_data"))
-        return Message(WHATSAPP, account, recipient, body, reference, fingerprint(token))
+        return Message(
+            WHATSAPP, account, recipient, body, reference, fingerprint(token), media_url, media_type
+        )
 
     @staticmethod
-    def _body(payload: dict[str, Any], account: str) -> str:
+    def _content(payload: dict[str, Any], account: str) -> tuple[str, str | None, str | None]:
+        """The message's text and its media (URL and type), refused as the Cloud API refuses them."""
         kind = payload.get("type", "text")
         content = payload.get(kind) if isinstance(kind, str) else None
         if not isinstance(content, dict):
@@ -227,7 +247,7 @@ class WhatsApp:
                 raise graph_bad_request("The parameter text['body'] is required.", account)
             if len(text) > GRAPH_MAX_TEXT:
                 raise graph_bad_request("Param text['body'] must be at most 4096 characters long.", account)
-            return text
+            return text, None, None
         if kind == "template":
             name = _text(content.get("name"))
             language = content.get("language")
@@ -236,19 +256,60 @@ class WhatsApp:
                 raise graph_bad_request(
                     "The parameters template['name'] and ['language'] are required.", account
                 )
+            components = _objects(content.get("components"))
+            media_url, media_type = WhatsApp._header_media(components, account)
             parameters = [
                 str(parameter.get("text", ""))
-                for component in _objects(content.get("components"))
+                for component in components
+                if component.get("type") != "header"
                 for parameter in _objects(component.get("parameters"))
             ]
-            return f"[template {name}/{code}] " + " | ".join(parameters)
+            return f"[template {name}/{code}] " + " | ".join(parameters), media_url, media_type
         if kind in WHATSAPP_MEDIA_TYPES:
-            link = _text(content.get("link")) or _text(content.get("id"))
+            return WhatsApp._media(kind, content, account)
+        raise graph_bad_request("Param type must be one of {TEXT, TEMPLATE, IMAGE, DOCUMENT, ...}", account)
+
+    @staticmethod
+    def _media(kind: str, content: dict[str, Any], account: str) -> tuple[str, str | None, str | None]:
+        """An image, document, audio, video or sticker message: ``link`` (or a Meta media ``id``)."""
+        link = content.get("link")
+        if link is None and _text(content.get("id")) is not None:
+            link = f"media:{content['id']}"
+        elif _web_url(link) is None:
             if link is None:
                 raise graph_bad_request(f"The parameter {kind}['link'] or {kind}['id'] is required.", account)
-            caption = _text(content.get("caption"))
-            return f"{caption}\n{link}" if caption else link
-        raise graph_bad_request("Param type must be one of {TEXT, TEMPLATE, IMAGE, DOCUMENT, ...}", account)
+            raise graph_bad_request(f"Param {kind}['link'] must be a valid URL.", account)
+        caption = content.get("caption")
+        if caption is not None:
+            if kind not in WHATSAPP_CAPTIONED:
+                raise graph_bad_request(
+                    f"Param {kind}['caption'] is not supported for {kind} messages.", account
+                )
+            if not isinstance(caption, str) or len(caption) > GRAPH_MAX_CAPTION:
+                raise graph_bad_request(
+                    f"Param {kind}['caption'] must be a string of at most 1024 characters.", account
+                )
+        return caption or "", link, kind
+
+    @staticmethod
+    def _header_media(components: list[dict[str, Any]], account: str) -> tuple[str | None, str | None]:
+        """The media of a template's header component (image, document or video), if it has one."""
+        for component in components:
+            if component.get("type") != "header":
+                continue
+            for parameter in _objects(component.get("parameters")):
+                kind = parameter.get("type")
+                if kind == "text":
+                    continue
+                if kind not in WHATSAPP_HEADER_MEDIA or not isinstance(parameter.get(kind), dict):
+                    raise graph_bad_request(
+                        "Param template['components'][0]['parameters'][0]['type'] must be one of "
+                        "{TEXT, IMAGE, DOCUMENT, VIDEO, ...} with its object.",
+                        account,
+                    )
+                _, link, _ = WhatsApp._media(kind, {**parameter[kind], "caption": None}, account)
+                return link, kind
+        return None, None
 
     def accepted(self, message: Message, message_id: str) -> web.Response:
         # The hot path of benchmarks: recipient (digits) and id need no JSON escaping.
@@ -361,14 +422,38 @@ class Messenger:
                 "Length of param message[text] must be less than or equal to 2000", account
             )
         attachment = message.get("attachment")
-        if text is None and isinstance(attachment, dict):
-            content = attachment.get("payload")
-            url = _text(content.get("url")) if isinstance(content, dict) else None
-            text = f"[{attachment.get('type', 'file')}] {url or ''}".rstrip()
-        if text is None:
+        media_url = media_type = None
+        if attachment is not None:
+            if text is not None:
+                raise graph_bad_request(
+                    "Only one of message[text] or message[attachment] may be set", account
+                )
+            media_url, media_type = self._attachment(attachment, account)
+        elif text is None:
             raise graph_bad_request("param message must be non-empty", account)
         reference = _text(message.get("metadata"))
-        return Message(MESSENGER, account, recipient, text, reference, fingerprint(token))
+        return Message(
+            MESSENGER, account, recipient, text or "", reference, fingerprint(token), media_url, media_type
+        )
+
+    @staticmethod
+    def _attachment(attachment: Any, account: str) -> tuple[str, str]:
+        """An attachment's URL and type: ``{"type": image|video|audio|file, "payload": {"url": ...}}``."""
+        kind = attachment.get("type") if isinstance(attachment, dict) else None
+        if kind not in MESSENGER_ATTACHMENT_TYPES:
+            raise graph_bad_request(
+                "param message[attachment][type] must be one of {image, video, audio, file}", account
+            )
+        content = attachment.get("payload")
+        url = content.get("url") if isinstance(content, dict) else None
+        if url is None and isinstance(content, dict) and _text(content.get("attachment_id")) is not None:
+            return f"attachment:{content['attachment_id']}", kind
+        if _web_url(url) is None:
+            raise graph_bad_request(
+                "param message[attachment][payload][url] must be a valid URL (or give an attachment_id)",
+                account,
+            )
+        return url, kind
 
     def accepted(self, message: Message, message_id: str) -> web.Response:
         return json_response({"recipient_id": message.recipient, "message_id": message_id})
@@ -402,7 +487,8 @@ def evolution_error(
 
 
 class Evolution:
-    """Evolution API v2: ``POST /message/sendText/{instance}`` with an ``apikey`` header."""
+    """Evolution API v2: ``POST /message/sendText/{instance}`` with an ``apikey`` header (media:
+    :class:`EvolutionMedia` and :class:`EvolutionAudio`)."""
 
     kind = EVOLUTION
 
@@ -422,7 +508,14 @@ class Evolution:
         return instance
 
     async def read(self, request: web.Request) -> Message:
+        """``sendText``: ``{"number", "text"}``."""
         instance = self.authorize(request)
+        number, text = self.required(await self.payload(request, instance), instance, "number", "text")
+        sender = fingerprint(request.headers.get("apikey", ""))
+        return Message(EVOLUTION, instance, digits_of(number) or number, text, None, sender)
+
+    @staticmethod
+    async def payload(request: web.Request, instance: str) -> dict[str, Any]:
         try:
             payload = json.loads(await request.read())
         except ValueError:
@@ -431,10 +524,14 @@ class Evolution:
             raise Answered(
                 "bad_request", evolution_error(400, "Bad Request", ["body must be a JSON object"]), instance
             )
-        number = _text(payload.get("number"))
-        text = _text(payload.get("text"))
-        missing = [name for name, value in (("number", number), ("text", text)) if value is None]
-        if missing or number is None or text is None:
+        return payload
+
+    @staticmethod
+    def required(payload: dict[str, Any], instance: str, *names: str) -> list[str]:
+        """The values of the text properties ``names``; refuses a body that lacks any of them."""
+        values = [_text(payload.get(name)) for name in names]
+        missing = [name for name, value in zip(names, values, strict=True) if value is None]
+        if missing:
             raise Answered(
                 "bad_request",
                 evolution_error(
@@ -442,14 +539,33 @@ class Evolution:
                 ),
                 instance,
             )
-        sender = fingerprint(request.headers.get("apikey", ""))
-        return Message(EVOLUTION, instance, digits_of(number) or number, text, None, sender)
+        return [value or "" for value in values]
+
+    @staticmethod
+    def media_url(value: str, instance: str) -> str:
+        """Evolution fetches a URL (or takes base64); the sandbox takes URLs only."""
+        if _web_url(value) is None:
+            raise Answered(
+                "bad_request",
+                evolution_error(400, "Bad Request", ["Owned media must be a url or base64"]),
+                instance,
+            )
+        return value
 
     def accepted(self, message: Message, message_id: str) -> web.Response:
+        if message.media_type is None:
+            content: dict[str, Any] = {"extendedTextMessage": {"text": message.body}}
+        else:
+            media: dict[str, Any] = {"url": message.media_url}
+            if message.body:
+                media["caption"] = message.body
+            if message.media_type == "audio":
+                media["ptt"] = True
+            content = {EVOLUTION_MESSAGE_FIELDS[message.media_type]: media}
         return json_response(
             {
                 "key": {"remoteJid": f"{message.recipient}@s.whatsapp.net", "fromMe": True, "id": message_id},
-                "message": {"extendedTextMessage": {"text": message.body}},
+                "message": content,
                 "messageTimestamp": str(int(time.time())),
                 "status": "PENDING",
             },
@@ -477,6 +593,40 @@ class Evolution:
         return json_response({"instance": {"instanceName": instance, "state": "open"}})
 
 
+class EvolutionMedia(Evolution):
+    """``POST /message/sendMedia/{instance}``: an image, video, document or audio by URL, with a caption."""
+
+    async def read(self, request: web.Request) -> Message:
+        instance = self.authorize(request)
+        payload = await self.payload(request, instance)
+        number, mediatype, media = self.required(payload, instance, "number", "mediatype", "media")
+        if mediatype not in EVOLUTION_MEDIA_TYPES:
+            raise Answered(
+                "bad_request",
+                evolution_error(
+                    400, "Bad Request", ["mediatype must be one of image, video, document, audio"]
+                ),
+                instance,
+            )
+        caption = payload.get("caption") if isinstance(payload.get("caption"), str) else ""
+        sender = fingerprint(request.headers.get("apikey", ""))
+        url = self.media_url(media, instance)
+        return Message(
+            EVOLUTION, instance, digits_of(number) or number, caption, None, sender, url, mediatype
+        )
+
+
+class EvolutionAudio(Evolution):
+    """``POST /message/sendWhatsAppAudio/{instance}``: ``{"number", "audio"}``, sent as a voice note."""
+
+    async def read(self, request: web.Request) -> Message:
+        instance = self.authorize(request)
+        number, audio = self.required(await self.payload(request, instance), instance, "number", "audio")
+        sender = fingerprint(request.headers.get("apikey", ""))
+        url = self.media_url(audio, instance)
+        return Message(EVOLUTION, instance, digits_of(number) or number, "", None, sender, url, "audio")
+
+
 class Webhook:
     """A tenant's webhook receiver: ``POST /webhook/{name}`` answering ``{"id": ...}``."""
 
@@ -500,7 +650,11 @@ class Webhook:
         text = payload.get("text") if isinstance(payload.get("text"), str) else ""
         subject = _text(payload.get("subject"))
         body = f"{subject}\n{text}" if subject else text
-        return Message(WEBHOOK, name, str(recipient), body, _text(payload.get("delivery")))
+        media_url = _text(payload.get("media_url"))
+        media_type = _text(payload.get("media_type")) if media_url is not None else None
+        return Message(
+            WEBHOOK, name, str(recipient), body, _text(payload.get("delivery")), None, media_url, media_type
+        )
 
     def accepted(self, message: Message, message_id: str) -> web.Response:
         return json_response({"id": message_id})
