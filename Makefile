@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python bench/campaign_start.py
 	$(BIN)/python bench/campaign_engine.py
 	$(BIN)/python bench/operator_pages.py
+	$(BIN)/python bench/api_upsert.py --expect-ratio 2
 
 format: install
 	$(BIN)/ruff format .

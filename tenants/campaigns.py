@@ -364,6 +364,44 @@ def apply_campaign_form(campaign: Campaign, fields: Mapping[str, Any], tenant: T
     return campaign
 
 
+class CampaignChangedMeanwhile(CampaignError):
+    """An edit refused because the campaign started since it was read (nothing was written)."""
+
+
+def still_editable(campaign_id: int) -> bool:
+    """Lock the campaign's row until commit and say whether it is still a draft or scheduled (a start
+    that happened since it was read wins, and an edit is not written over it)."""
+    with db.session.no_autoflush:  # the edit must not be written before the row is locked and checked
+        state = db.session.scalar(select(Campaign.state).where(Campaign.id == campaign_id).with_for_update())
+    return state in NOT_STARTED
+
+
+def save_campaign(campaign: Campaign, fields: Mapping[str, Any], tenant: Tenant, *, creating: bool) -> bool:
+    """The editor's save, for the browser and the API alike: apply ``fields`` (see
+    :func:`apply_campaign_form`), refuse a time already passed, and commit the new campaign or the edit
+    of one not started yet. True when it is to start now (sent "now", or "at a time" and not yet
+    scheduled): the caller starts it through ``tasks.lifecycle.start_campaign``.
+
+    Rolls back and raises :class:`CampaignChangedMeanwhile` when the campaign started since it was
+    read, :class:`CampaignError` for what the user must fix.
+    """
+    try:
+        apply_campaign_form(campaign, fields, tenant)
+        if campaign.schedule is Schedule.AT and campaign.scheduled_at and campaign.scheduled_at <= utcnow():
+            raise CampaignError("That time has passed: choose a later one, or send now.")
+        if creating:
+            db.session.add(campaign)
+        elif not still_editable(campaign.id):
+            raise CampaignChangedMeanwhile("The campaign started meanwhile; your changes were not saved.")
+    except CampaignError:
+        db.session.rollback()
+        raise
+    if campaign.state is CampaignState.SCHEDULED and campaign.schedule is Schedule.MANUAL:
+        campaign.state = CampaignState.DRAFT  # no time any more: it waits for someone to start it
+    db.session.commit()
+    return campaign.schedule is not Schedule.MANUAL and campaign.state is CampaignState.DRAFT
+
+
 def parse_local_time(value: str, tenant: Tenant) -> datetime:
     """A ``YYYY-MM-DDTHH:MM`` wall-clock time in the tenant's timezone, as UTC."""
     try:
@@ -390,6 +428,7 @@ def message_of(campaign: Campaign) -> dict[str, Any]:
             "body": template.body,
             "html_body": template.html_body,
             "media_url": template.media_url,
+            "media_type": template.media_kind,
             "whatsapp_template": template.whatsapp_template,
             "whatsapp_language": template.whatsapp_language,
             "whatsapp_parameters": list(template.whatsapp_parameters or []),
@@ -406,6 +445,7 @@ class MessageSource:
     body: str
     html_body: str | None
     media_url: str | None
+    media_type: str | None  # image, document, video or audio (as sent: chosen, else told by the URL)
     whatsapp_template: str | None
     whatsapp_language: str | None
     whatsapp_parameters: list[str]
@@ -419,6 +459,7 @@ class MessageSource:
             body=message.get("body") or "",
             html_body=message.get("html_body"),
             media_url=message.get("media_url"),
+            media_type=message.get("media_type"),
             whatsapp_template=message.get("whatsapp_template"),
             whatsapp_language=message.get("whatsapp_language"),
             whatsapp_parameters=list(message.get("whatsapp_parameters") or []),
@@ -865,6 +906,13 @@ def cancel(campaign: Campaign, now: datetime | None = None) -> int:
     ).rowcount
     db.session.commit()
     return cancelled
+
+
+def delete_campaign(campaign: Campaign) -> None:
+    """Delete a campaign with its delivery history; refused while it is running or paused."""
+    check_action(campaign, "delete")
+    db.session.delete(campaign)
+    db.session.commit()
 
 
 def duplicate(campaign: Campaign) -> Campaign:

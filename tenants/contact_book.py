@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Select, delete, exists, func, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from tenants import event_hooks
 from tenants.contacts import Contact, ContactList, ContactListMember, Segment
 from tenants.db import db, utcnow
 from tenants.models import Tenant
@@ -38,6 +42,18 @@ class ContactError(ValueError):
     """A contact change that cannot be made; the message is for the user."""
 
 
+class DuplicateContact(ContactError):
+    """Another contact of the tenant already has this phone number or email."""
+
+    def __init__(self, message: str, contact_id: int, field: str):
+        super().__init__(message)
+        self.contact_id, self.field = contact_id, field
+
+
+class ContactLimitReached(ContactError):
+    """The plan's contacts limit leaves no room for another contact."""
+
+
 @dataclass(frozen=True)
 class ContactFilter:
     """What the contacts page shows: a search, a list, opted-out or not, and a custom-field match."""
@@ -49,6 +65,7 @@ class ContactFilter:
     value: str = ""
     segment: Segment | None = None
     timezone: str = "UTC"
+    updated_since: datetime | None = None  # changed at or after this time (the API's sync clients)
 
     def apply(self, query: Select) -> Select:
         if self.search:
@@ -69,6 +86,8 @@ class ContactFilter:
             query = query.where(custom_field_text(self.field) == self.value)
         if self.segment is not None:
             query = query.where(segment_filter(self.segment.conditions, self.segment.match, self.timezone))
+        if self.updated_since is not None:
+            query = query.where(Contact.updated_at >= self.updated_since)
         return query
 
 
@@ -99,6 +118,15 @@ def page_of_contacts(
     return ContactPage(rows, rows[-1].id if rows and more else None, rows[0].id if rows and after else None)
 
 
+def contacts_after(filters: ContactFilter, after: int | None, limit: int) -> list[Contact]:
+    """Up to ``limit + 1`` matching contacts with ids above ``after``, oldest first: the API's keyset
+    pages, which stay stable while new contacts arrive (the extra row says another page follows)."""
+    query = filters.apply(select(Contact))
+    if after is not None:
+        query = query.where(Contact.id > after)
+    return list(db.session.scalars(query.order_by(Contact.id).limit(limit + 1)))
+
+
 def count_contacts(filters: ContactFilter) -> int:
     return db.session.scalar(filters.apply(select(func.count()).select_from(Contact)))
 
@@ -120,16 +148,97 @@ def lists_with_sizes() -> list[tuple[ContactList, int]]:
     ).all()
 
 
-def create_list(name: str) -> ContactList:
+def _list_name(name: str, contact_list_id: int | None = None) -> str:
+    """A list's name as given, or :class:`ContactError` when it is blank or another list has it."""
     name = name.strip()
     if not name:
         raise ContactError("Give the list a name.")
-    if db.session.scalar(select(ContactList.id).where(ContactList.name == name)) is not None:
+    owner = db.session.scalar(select(ContactList.id).where(ContactList.name == name))
+    if owner is not None and owner != contact_list_id:
         raise ContactError(f"There is already a list called {name}.")
-    contact_list = ContactList(name=name[:120])
+    return name[:120]
+
+
+def create_list(name: str) -> ContactList:
+    contact_list = ContactList(name=_list_name(name))
     db.session.add(contact_list)
     db.session.flush()
     return contact_list
+
+
+def rename_list(contact_list: ContactList, name: str) -> None:
+    """Rename a list, with the rules of :func:`create_list` (not committed)."""
+    contact_list.name = _list_name(name, contact_list.id)
+
+
+def lists_after(after: int | None, limit: int) -> list[tuple[ContactList, int]]:
+    """Up to ``limit + 1`` lists with ids above ``after`` and their sizes, by id (the API's pages)."""
+    query = select(ContactList).order_by(ContactList.id).limit(limit + 1)
+    if after is not None:
+        query = query.where(ContactList.id > after)
+    page = list(db.session.scalars(query))
+    sizes = dict(
+        db.session.execute(
+            select(ContactListMember.list_id, func.count())
+            .where(ContactListMember.list_id.in_([row.id for row in page]))
+            .group_by(ContactListMember.list_id)
+        ).all()
+    )
+    return [(row, sizes.get(row.id, 0)) for row in page]
+
+
+def list_size(contact_list: ContactList) -> int:
+    return db.session.scalar(
+        select(func.count())
+        .select_from(ContactListMember)
+        .where(ContactListMember.list_id == contact_list.id)
+    )
+
+
+@dataclass(frozen=True)
+class MembershipChange:
+    """What a bulk add to (or removal from) a list did."""
+
+    changed: int  # contacts added (or removed)
+    unchanged: int  # contacts already on the list (or not on it)
+    unknown: list[int]  # ids that are no contact of this workspace: left alone
+
+
+def _known_contacts(contact_ids: list[int]) -> set[int]:
+    return set(db.session.scalars(select(Contact.id).where(Contact.id.in_(contact_ids))))
+
+
+def add_members(contact_list: ContactList, contact_ids: list[int]) -> MembershipChange:
+    """Put the tenant's contacts among ``contact_ids`` on the list, set-based (not committed)."""
+    wanted = sorted(set(contact_ids))
+    known = sorted(_known_contacts(wanted))
+    added = 0
+    if known:
+        table = ContactListMember.__table__
+        insert = (pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert)(table)
+        now, tenant_id = utcnow(), contact_list.tenant_id
+        rows = [
+            {"tenant_id": tenant_id, "list_id": contact_list.id, "contact_id": i, "added_at": now}
+            for i in known
+        ]
+        result = db.session.execute(insert.on_conflict_do_nothing().returning(table.c.contact_id), rows)
+        added = len(result.all())
+    return MembershipChange(added, len(known) - added, sorted(set(wanted) - set(known)))
+
+
+def remove_members(contact_list: ContactList, contact_ids: list[int]) -> MembershipChange:
+    """Take the tenant's contacts among ``contact_ids`` off the list (not committed)."""
+    wanted = sorted(set(contact_ids))
+    known = sorted(_known_contacts(wanted))
+    removed = 0
+    if known:
+        result = db.session.execute(
+            delete(ContactListMember).where(
+                ContactListMember.list_id == contact_list.id, ContactListMember.contact_id.in_(known)
+            )
+        )
+        removed = result.rowcount
+    return MembershipChange(removed, len(known) - removed, sorted(set(wanted) - set(known)))
 
 
 def lists_of(contact: Contact) -> list[ContactList]:
@@ -159,6 +268,7 @@ def opt_out(contact: Contact, source: str) -> None:
     contact.opted_out = True
     contact.opted_out_at = utcnow()
     contact.opted_out_source = source[:200]
+    event_hooks.publish_opt_out(contact)
 
 
 def opt_in(contact: Contact) -> None:
@@ -207,7 +317,7 @@ def check_contact_room() -> None:
         return
     count = db.session.scalar(select(func.count()).select_from(Contact))
     if count >= workspace.max_contacts:
-        raise ContactError(
+        raise ContactLimitReached(
             f"Your plan allows {workspace.max_contacts:,} contacts and you have {count:,}. "
             "Delete some, or ask us to raise the limit."
         )
@@ -243,7 +353,7 @@ def save_contact(
             continue
         owner = db.session.scalar(select(Contact.id).where(column == value))
         if owner is not None and owner != contact.id:
-            raise ContactError(f"Another contact already has this {label} ({value}).")
+            raise DuplicateContact(f"Another contact already has this {label} ({value}).", owner, column.key)
     contact.phone, contact.email = clean_phone, clean_email
     contact.first_name = first_name.strip()[:200] or None
     contact.last_name = last_name.strip()[:200] or None

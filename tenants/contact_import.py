@@ -71,7 +71,7 @@ import threading
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TextIO
@@ -79,8 +79,8 @@ from typing import Any, TextIO
 import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from flask import current_app, has_app_context
-from sqlalchemy import JSON, bindparam, cast, delete, func, literal, or_, select, text, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import JSON, Integer, any_, bindparam, cast, delete, func, literal, or_, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -96,7 +96,7 @@ from tenants.contacts import (
 from tenants.db import db, utcnow
 from tenants.models import Tenant
 from tenants.phones import InvalidPhone, to_e164
-from tenants.scoping import CrossTenantWrite, all_tenants, tenant
+from tenants.scoping import CrossTenantWrite, all_tenants, current_tenant_id, tenant
 from tenants.spreadsheet import neutralise_row
 
 log = logging.getLogger(__name__)
@@ -795,6 +795,7 @@ class _Outcome:
     skipped: int = 0
     rejections: list[_Rejection] = field(default_factory=list)
     listed: list[int] = field(default_factory=list)  # contacts for the target list
+    targets: dict[int, _Target] = field(default_factory=dict)  # each accepted row's line → its contact
 
 
 class _Batch:
@@ -855,6 +856,7 @@ class _Batch:
             if not target.seen:
                 self.named.append(target)
             target.seen = True
+            outcome.targets[row.line] = target
             return
         elif target.seen:
             outcome.merged += 1
@@ -863,6 +865,7 @@ class _Batch:
             target.write = True
             self.changed.append(target)
         target.seen = True
+        outcome.targets[row.line] = target
         replaced = (
             target.email if row.email and row.email != target.email and target.contact_id is None else None
         )
@@ -1662,3 +1665,145 @@ def rejections_csv(import_id: int) -> Iterator[str]:
     )
     for rejected in db.session.execute(query):
         yield line([rejected.line, rejected.reason, rejected.raw])
+
+
+# --- contacts sent as data (the API's bulk upsert) ---------------------------------------------------
+
+MAX_UPSERT_ROWS = 10_000
+CUSTOM_COLUMN = "custom_fields."  # an upserted contact's custom field, seen as a column of a file
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertedRow:
+    """What became of one contact of a bulk upsert (``index``: its place in the request)."""
+
+    index: int
+    status: str  # created, updated, unchanged or rejected
+    contact_id: int | None
+    reason: str | None = None  # why it was rejected, or what was adjusted or merged
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    rows: list[UpsertedRow]
+
+    def count(self, status: str) -> int:
+        return sum(1 for row in self.rows if row.status == status)
+
+
+class _UpsertWriter(_PortableWriter):
+    """A bulk upsert writes in its caller's transaction; it answers its rejections instead of storing them."""
+
+    def reject(self, rejections: list[_Rejection]) -> None:
+        return None
+
+
+class _PostgresUpsertWriter(_PostgresWriter):
+    members_inline = True  # one statement, in the same transaction as the contacts
+    reject = _UpsertWriter.reject
+
+    def add_to_list(self, contact_ids: list[int]) -> None:
+        if contact_ids and self.plan.list_id is not None:
+            parameters = {"tenant_id": self.plan.tenant_id, "list_id": self.plan.list_id, "now": utcnow()}
+            db.session.execute(_PG_ADD_MEMBERS, {**parameters, "ids": json.dumps(sorted(set(contact_ids)))})
+
+
+def upsert_contacts(
+    contacts: Sequence[Mapping[str, Any]], *, list_id: int | None = None, phone_country: str | None = None
+) -> UpsertResult:
+    """Create or update the current tenant's contacts from data rather than a file, by the import's rules.
+
+    Each contact is a mapping of ``phone``, ``email``, ``first_name``, ``last_name``, ``company`` (text
+    or None) and ``custom_fields`` (names to text). Every row is read, checked and written exactly as a
+    row of an import with ``update_existing`` (national numbers in ``phone_country``, else the
+    workspace's default country; the plan's contacts limit; rows naming the same contact merged), in
+    one set-based batch, and answered by its index: created, updated, unchanged (an existing contact
+    it would not change; SQLite's writer rewrites them all, so there they count as updated) or
+    rejected with the import's reason. Every contact named joins ``list_id``.
+    Flushes in a savepoint (redone when another writer got in the way); the caller commits. Raises
+    :class:`MappingError` for an unknown list or country, or custom field names an import would refuse.
+    """
+    tenant_id = current_tenant_id(db.session)
+    workspace = db.session.get(Tenant, tenant_id)
+    country = check_phone_country(phone_country) or workspace.default_country
+    if list_id is not None and not _list_exists(list_id):
+        raise MappingError("That list does not exist (any more).")
+    names = sorted({name for contact in contacts for name in contact.get("custom_fields") or {}})
+    if len(names) > MAX_COLUMNS - len(STANDARD_TARGETS):
+        raise MappingError(
+            f"The contacts have {len(names):,} different custom fields; "
+            f"one request can have at most {MAX_COLUMNS - len(STANDARD_TARGETS)}."
+        )
+    header = [*STANDARD_TARGETS, *(CUSTOM_COLUMN + name for name in names)]
+    mapping = validate_mapping(
+        header, {**{t: t for t in STANDARD_TARGETS}, **{CUSTOM_COLUMN + n: CUSTOM + n for n in names}}
+    )
+    reader = _RowReader(header, mapping, country, Counter())
+    rows: list[_Row] = []
+    rejections: list[_Rejection] = []
+    adjusted: dict[int, str] = {}
+    for index, contact in enumerate(contacts):
+        custom = contact.get("custom_fields") or {}
+        cells = [contact.get(t) or "" for t in STANDARD_TARGETS] + [custom.get(n) or "" for n in names]
+        reader.notes = notes = Counter()
+        read = reader.read(_Record(index, "\x1f".join(cells), cells))
+        (rows if type(read) is _Row else rejections).append(read)
+        if notes:
+            adjusted[index] = "; ".join(notes)
+
+    marker = utcnow()  # this request's contacts are told apart by it, as an import's are
+    contacts_before = db.session.scalar(select(func.count()).select_from(Contact)) or 0
+    plan = _Plan(tenant_id, 0, marker, True, list_id, workspace.max_contacts, contacts_before)
+    room = ContactRoom(max(0, workspace.max_contacts - contacts_before), workspace.max_contacts)
+    writer_class = _PostgresUpsertWriter if db.engine.dialect.name == "postgresql" else _UpsertWriter
+    writer = writer_class(plan)
+    for attempt in range(3):
+        try:
+            with db.session.begin_nested():
+                outcome = _write_batch(writer, rows, rejections, room)
+            break
+        except (IntegrityError, OperationalError):
+            if attempt == 2:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    return UpsertResult(_upserted_rows(len(contacts), outcome, marker, adjusted))
+
+
+def _upserted_rows(
+    count: int, outcome: _Outcome, marker: datetime, adjusted: dict[int, str]
+) -> list[UpsertedRow]:
+    """Each row's answer: what the database says happened to its contact (created or written by this
+    upsert's marker, or neither), the later rows naming a contact counting as merged into it."""
+    ids = sorted({t.contact_id for t in outcome.targets.values() if t.contact_id is not None})
+    if db.engine.dialect.name == "postgresql":  # one array parameter rather than 10,000
+        named = Contact.id == any_(bindparam("ids", ids, type_=ARRAY(Integer)))
+    else:
+        named = Contact.id.in_(ids)
+    written = {
+        row.id: (row.created, row.updated)
+        for row in db.session.execute(
+            select(
+                Contact.id,
+                (Contact.created_at == marker).label("created"),
+                (Contact.updated_at == marker).label("updated"),
+            ).where(named)
+        )
+    }
+    rejected = {r.line: r.reason for r in outcome.rejections}
+    first_named: dict[int, int] = {}
+    answers = []
+    for index in range(count):
+        if index in rejected:
+            answers.append(UpsertedRow(index, "rejected", None, rejected[index]))
+            continue
+        contact_id = outcome.targets[index].contact_id
+        created, updated = written.get(contact_id, (False, False))
+        earlier = first_named.setdefault(contact_id, index)
+        reasons = [adjusted[index]] if index in adjusted else []
+        if earlier == index:
+            status = "created" if created else "updated" if updated else "unchanged"
+        else:
+            status = "updated" if created or updated else "unchanged"
+            reasons.insert(0, f"the same contact as row {earlier}: merged into it")
+        answers.append(UpsertedRow(index, status, contact_id, "; ".join(reasons) or None))
+    return answers

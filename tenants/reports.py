@@ -242,6 +242,28 @@ def recipient_page(
     return ReportPage(shown, shown[-1].delivery_id if len(rows) > size else None)
 
 
+@dataclass(frozen=True)
+class ProviderFacts:
+    """What the report's rows leave out and an integration needs: the provider's own words."""
+
+    provider_message_id: str | None
+    error_text: str | None  # as the provider said it (the row's ``reason`` explains the code)
+
+
+def provider_facts(delivery_ids: list[int]) -> dict[int, ProviderFacts]:
+    """The provider message id and raw error text of each of these deliveries (a page's worth)."""
+    if not delivery_ids:
+        return {}
+    return {
+        row.id: ProviderFacts(row.provider_message_id, row.error_text)
+        for row in db.session.execute(
+            select(Delivery.id, Delivery.provider_message_id, Delivery.error_text).where(
+                Delivery.id.in_(delivery_ids)
+            )
+        )
+    }
+
+
 def latest_problems(campaign: Campaign, limit: int = 5) -> list[RecipientRow]:
     """The most recent failed or unknown recipients (the campaign page's short list)."""
     ids = (

@@ -49,12 +49,13 @@ from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from tenants.contacts import Contact, ContactListMember
+from tenants.contacts import Contact, ContactListMember, Segment
 from tenants.db import db
 from tenants.models import Tenant
 from tenants.scoping import current_tenant_id
 
 MAX_CONDITIONS = 50
+MAX_LIST_ID = 2**31 - 1  # list ids are INTEGER: a larger number names no list
 MATCHES = ("all", "any")
 
 TEXT_OPS = ("equals", "not_equals", "contains", "not_contains", "is_empty", "not_empty")
@@ -172,7 +173,7 @@ def _condition_problem(condition: Any) -> str | None:
     elif field == "opted_out":
         if value.lower() not in _TRUE + _FALSE:
             return "opted out is either true or false"
-    elif field == "list" and (not value.isdigit() or int(value) <= 0):
+    elif field == "list" and not (value.isascii() and value.isdigit() and 0 < int(value) <= MAX_LIST_ID):
         return "choose a list"
     return None
 
@@ -310,6 +311,24 @@ def audience_query(
     return select(*(columns or (Contact,))).where(where)
 
 
+def save_segment(segment: Segment, name: str, conditions: list[dict[str, Any]], match: str) -> None:
+    """Give ``segment`` a name and conditions (not committed), or :class:`SegmentError` listing what is
+    wrong: a blank or taken name, conditions :func:`validate_conditions` refuses. A new segment is added
+    to the session."""
+    name = name.strip()[:120]
+    problems = validate_conditions(conditions, match)
+    if not name:
+        problems = ["Give the segment a name.", *problems]
+    taken = db.session.scalar(select(Segment.id).where(Segment.name == name))
+    if name and taken is not None and taken != segment.id:
+        problems.append(f"There is already a segment called {name}.")
+    if problems:
+        raise SegmentError(problems)
+    segment.name, segment.conditions, segment.match = name, conditions, match
+    if segment.id is None:
+        db.session.add(segment)
+
+
 def count_matching(
     conditions: Sequence[Mapping[str, Any]] | None, match: str = "all", timezone: str | tzinfo | None = None
 ) -> int:
@@ -328,6 +347,7 @@ __all__ = [
     "count_matching",
     "custom_field_text",
     "field_ops",
+    "save_segment",
     "segment_filter",
     "validate_conditions",
 ]

@@ -335,7 +335,13 @@ class UsageDay:
 def usage_by_day(tenant: Tenant, days: int = 30, now: datetime | None = None) -> list[UsageDay]:
     """Newest first: the last ``days`` days of quota use and per-page activity."""
     last = quota_day(tenant, now or utcnow())
-    first = last - timedelta(days=days - 1)
+    return usage_between(tenant, last - timedelta(days=days - 1), last, now)
+
+
+def usage_between(tenant: Tenant, first: date, last: date, now: datetime | None = None) -> list[UsageDay]:
+    """Newest first: quota use and per-page activity on every day from ``first`` to ``last`` (the
+    tenant's days, both included); only today's carries the quota."""
+    today_day = quota_day(tenant, now or utcnow())
     used: dict[date, dict[str, int]] = defaultdict(dict)
     for day, scope, count in db.session.execute(
         select(DailyUsage.day, DailyUsage.scope, DailyUsage.used).where(
@@ -360,10 +366,10 @@ def usage_by_day(tenant: Tenant, days: int = 30, now: datetime | None = None) ->
         UsageDay(
             day,
             used.get(day, {}).get(TENANT_SCOPE, 0),
-            tenant.daily_message_quota if day == last else None,
+            tenant.daily_message_quota if day == today_day else None,
             pages.get(day, {}),
         )
-        for day in (last - timedelta(days=n) for n in range(days))
+        for day in (last - timedelta(days=n) for n in range((last - first).days + 1))
     ]
 
 

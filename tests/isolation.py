@@ -7,6 +7,7 @@ name a tenant-owned model (``membership_id`` → ``Membership``) with a factory 
 factory's page. Views marked ``signed_public`` (provider webhooks) take no session:
 for them another party without the page's secret must get 401 or 403. ``plan_id`` names a
 platform-level plan: its URLs are the platform admin's console, 404 for every tenant.
+``/api/v1`` routes take no session either: they are walked with another tenant's API token.
 """
 
 from __future__ import annotations
@@ -72,3 +73,8 @@ def is_platform_console(rule: Rule) -> bool:
 
 def is_signed_public(app: Flask, rule: Rule) -> bool:
     return getattr(app.view_functions[rule.endpoint], "signed_public", False)
+
+
+def is_api(rule: Rule) -> bool:
+    """A route of the JSON API: a session cookie never opens it, a token does."""
+    return rule.endpoint.startswith("api.")

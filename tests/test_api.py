@@ -251,3 +251,26 @@ def test_a_url_naming_another_workspaces_object_is_404_before_its_body_is_read(a
     assert response.status_code == 404
     huge = api.get(f"/api/v1/pages/{2**70}")
     assert huge.status_code == 404 and huge.mimetype == PROBLEM
+
+
+def test_a_body_that_is_not_json_is_refused_not_read_as_an_empty_object(things, api):
+    malformed = api.post("/api/v1/things", data="\x00", headers={"Content-Type": "application/json"})
+    assert malformed.status_code == 422 and malformed.mimetype == PROBLEM
+    assert malformed.get_json()["detail"] == "The body is not valid JSON."
+    plain = api.post("/api/v1/things", data='{"name": "Widget"}', headers={"Content-Type": "text/plain"})
+    assert plain.status_code == 415 and plain.get_json()["type"] == "/api/v1/problems/unsupported-media-type"
+    assert things == []
+    assert api.post("/api/v1/things").status_code == 201, "no body at all is an empty request"
+
+
+def test_changes_made_with_a_token_are_audited_and_a_preview_is_not(app, api):
+    created = api.post(
+        "/api/v1/templates", json={"name": "Hello", "channel": "whatsapp", "body": "Hi {{firstName}}"}
+    )
+    assert created.status_code == 201, created.get_json()
+    template_id = created.get_json()["id"]
+    assert api.post(f"/api/v1/templates/{template_id}/preview", json={}).status_code == 200
+    with app.app_context(), all_tenants(db.session):
+        entries = db.session.scalars(select(AuditEntry).where(AuditEntry.action == "api.request")).all()
+        assert [e.target for e in entries] == ["POST /api/v1/templates"]
+        assert entries[0].actor.startswith("API token CRM (crier_")

@@ -253,12 +253,12 @@ def test_schedule_at_a_local_time_and_back_to_a_draft(app, auth, client):
 
 
 def test_an_edit_does_not_overwrite_a_campaign_started_meanwhile(app, auth, monkeypatch):
-    import webapp.campaigns
+    import tenants.campaigns
 
     auth.signup()
     seeded = _seed(app)
     campaign_id = _create(auth, seeded, schedule="at", scheduled_at="2030-07-01T09:30")
-    apply_form_for_real = webapp.campaigns.apply_campaign_form
+    apply_form_for_real = tenants.campaigns.apply_campaign_form
 
     def apply_while_the_sweeper_starts_it(campaign, fields, tenant_row):
         apply_form_for_real(campaign, fields, tenant_row)
@@ -266,7 +266,7 @@ def test_an_edit_does_not_overwrite_a_campaign_started_meanwhile(app, auth, monk
             other_process.execute("UPDATE campaigns SET state = 'running' WHERE id = %s", (campaign_id,))
         return campaign
 
-    monkeypatch.setattr(webapp.campaigns, "apply_campaign_form", apply_while_the_sweeper_starts_it)
+    monkeypatch.setattr(tenants.campaigns, "apply_campaign_form", apply_while_the_sweeper_starts_it)
     refused = auth.post(f"/campaigns/{campaign_id}/edit", _form(seeded, name="Too late", schedule="manual"))
     assert refused.status_code == 409
     assert "The campaign started meanwhile; your changes were not saved." in _text(refused)

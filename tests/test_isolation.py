@@ -1,4 +1,5 @@
-"""Tenant B gets 404 for every object URL of tenant A (and no way into A's webhooks)."""
+"""Tenant B gets 404 for every object URL of tenant A (and no way into A's webhooks), in the browser
+with its session and over the API with its token."""
 
 from __future__ import annotations
 
@@ -8,9 +9,18 @@ from tenants.accounts import make_platform_admin
 from tenants.db import db
 from tenants.events import WebhookEvent
 from tenants.scoping import all_tenants
-from tests.conftest import Auth, csrf_token
-from tests.factories import tenant_named
-from tests.isolation import SKIPPED_METHODS, is_platform_console, is_signed_public, object_rules, objects_of
+from tests.conftest import ApiClient, Auth, csrf_token
+from tests.factories import api_token_for, tenant_named
+from tests.isolation import (
+    SKIPPED_METHODS,
+    is_api,
+    is_platform_console,
+    is_signed_public,
+    object_rules,
+    objects_of,
+)
+
+PROBLEM = "application/problem+json"
 
 
 def test_every_object_url_of_another_tenant_is_404(app, client, other_client):
@@ -20,7 +30,7 @@ def test_every_object_url_of_another_tenant_is_404(app, client, other_client):
         a_values = objects_of(tenant_named("A"))
         events_before = db.session.scalar(select(func.count()).select_from(WebhookEvent))
 
-    rules = object_rules(app, set(a_values))
+    rules = [rule for rule in object_rules(app, set(a_values)) if not is_api(rule)]  # API: a token's walk
     assert {r.endpoint for r in rules} >= {
         "workspaces.switch",
         "workspaces.edit",
@@ -33,6 +43,7 @@ def test_every_object_url_of_another_tenant_is_404(app, client, other_client):
         "pages.delete",
         "webhooks.receive",
         "webhooks.handshake",
+        "api_tokens.revoke",
     }
     token = csrf_token(other_client.get("/dashboard").get_data(as_text=True))
     walked = []
@@ -63,3 +74,36 @@ def test_every_object_url_of_another_tenant_is_404(app, client, other_client):
             else:
                 assert client.get(url).status_code == 200, url
     assert len(walked) >= 10
+
+
+def test_every_api_object_url_of_another_tenant_is_404_for_its_token(app, client, other_client):
+    """Every /api/v1 route taking an object id, every method, with B's admin token on A's objects."""
+    Auth(client).signup(email="a@acme.example", workspace="A")
+    Auth(other_client).signup(email="b@bravo.example", workspace="B")
+    with app.app_context(), all_tenants(db.session):
+        a_values = objects_of(tenant_named("A"))
+        b_id = tenant_named("B").id
+    tenant_b = ApiClient(app, api_token_for(app, b_id, name="B's CRM"), b_id)
+    a_id = int(a_values["tenant_id"])
+    tenant_a = ApiClient(app, api_token_for(app, a_id, name="A's CRM"), a_id)
+
+    rules = [rule for rule in object_rules(app, set(a_values)) if is_api(rule)]
+    assert {r.endpoint for r in rules} >= {"api.get_page"}
+    walked = []
+    for rule in rules:
+        url = rule.build({arg: a_values[arg] for arg in rule.arguments})[1]
+        for method in sorted(rule.methods - SKIPPED_METHODS):
+            response = tenant_b.request(method, url, json={})
+            assert response.status_code == 404, f"{method} {url} gave {response.status_code} to tenant B"
+            assert response.mimetype == PROBLEM, f"{method} {url}: {response.mimetype}"
+            assert response.get_json()["type"] == "/api/v1/problems/not-found"
+            walked.append(f"{method} {url}")
+
+    # The walk is not vacuous, and B's DELETEs removed nothing: A's own token still finds every object
+    # (a GET may still want a query parameter: 422, after the object was found).
+    for rule in rules:
+        if "GET" in rule.methods:
+            url = rule.build({arg: a_values[arg] for arg in rule.arguments})[1]
+            answer = tenant_a.get(url)
+            assert answer.status_code in (200, 422), f"GET {url} gave {answer.status_code} to tenant A"
+    assert len(walked) >= 2

@@ -12,6 +12,8 @@ VENDOR_FILES = {
     "pico.min.css": "@picocss/pico/css/pico.min.css",
     "uPlot.iife.min.js": "uplot/dist/uPlot.iife.min.js",
     "uPlot.min.css": "uplot/dist/uPlot.min.css",
+    "swagger-ui-bundle.js": "swagger-ui-dist/swagger-ui-bundle.js",  # the API's docs page
+    "swagger-ui.css": "swagger-ui-dist/swagger-ui.css",
 }
 
 

@@ -19,11 +19,13 @@ from sqlalchemy import func, select
 
 from tasks import channel_checks, lifecycle
 from tasks.providers.ssrf import allowed_private_hosts
+from tenants import campaigns as campaigns_domain
 from tenants.campaigns import (
     DAILY_LIMIT_PAUSES,
     EXCLUSION_TEXT,
     NOT_STARTED,
     Campaign,
+    CampaignChangedMeanwhile,
     CampaignError,
     CampaignState,
     Delivery,
@@ -33,19 +35,19 @@ from tenants.campaigns import (
     Schedule,
     address_column,
     allowed_actions,
-    apply_campaign_form,
     check_action,
     count_audience,
     delivery_counts,
     duplicate,
     message_of,
     resend_outcome,
+    save_campaign,
     summary,
     tenant_zone,
     usable_page,
 )
 from tenants.contacts import Contact, ContactList, Segment
-from tenants.db import db, utcnow
+from tenants.db import db
 from tenants.models import Membership, User
 from tenants.pages import Page
 from tenants.reports import campaign_replies, latest_problems
@@ -149,19 +151,6 @@ def _editor(campaign: Campaign, fields: dict[str, Any], error: str | None = None
     ), status
 
 
-def _check_time_ahead(campaign: Campaign) -> None:
-    if campaign.schedule is Schedule.AT and campaign.scheduled_at and campaign.scheduled_at <= utcnow():
-        raise CampaignError("That time has passed: choose a later one, or send now.")
-
-
-def _still_editable(campaign_id: int) -> bool:
-    """Lock the campaign's row until commit and say whether it is still a draft or scheduled (a start
-    that happened since it was read wins, and this edit is not written over it)."""
-    with db.session.no_autoflush:  # the edit must not be written before the row is locked and checked
-        state = db.session.scalar(select(Campaign.state).where(Campaign.id == campaign_id).with_for_update())
-    return state in NOT_STARTED
-
-
 def _launch(campaign: Campaign) -> tuple[str, str]:
     """Start or schedule the campaign and launch its dispatch; the message to show and its category."""
     started = lifecycle.start_campaign(campaign)
@@ -177,21 +166,11 @@ def _launch(campaign: Campaign) -> tuple[str, str]:
 def _save(campaign: Campaign, creating: bool):
     fields = _submitted_fields()
     try:
-        apply_campaign_form(campaign, fields, g.workspace.tenant)
-        _check_time_ahead(campaign)
+        save_campaign(campaign, fields, g.workspace.tenant, creating=creating)
+    except CampaignChangedMeanwhile as exc:
+        return _campaign_block(campaign, 409, error=str(exc))
     except CampaignError as exc:
-        db.session.rollback()
         return _editor(campaign, fields, str(exc), 400)
-    if creating:
-        db.session.add(campaign)
-    elif not _still_editable(campaign.id):
-        db.session.rollback()
-        return _campaign_block(
-            campaign, 409, error="The campaign started meanwhile; your changes were not saved."
-        )
-    if campaign.state is CampaignState.SCHEDULED and campaign.schedule is Schedule.MANUAL:
-        campaign.state = CampaignState.DRAFT  # no time any more: it waits for someone to start it
-    db.session.commit()
     if campaign.schedule is Schedule.MANUAL:
         message, category = (
             f"Campaign {campaign.name} saved as a draft. Start it when you are ready.",
@@ -520,13 +499,11 @@ def duplicate_campaign(campaign_id: int):
 @member_required(manage=True)
 def delete_campaign(campaign_id: int):
     campaign = db.get_or_404(Campaign, campaign_id)
+    name = campaign.name
     try:
-        check_action(campaign, "delete")
+        campaigns_domain.delete_campaign(campaign)
     except CampaignError as exc:
         return _campaign_block(campaign, 409, error=str(exc))
-    name = campaign.name
-    db.session.delete(campaign)
-    db.session.commit()
     flash(f"Campaign {name} deleted, with its delivery history.", "success")
     return redirect(url_for("campaigns.index"))
 
@@ -558,7 +535,8 @@ def test_send(campaign_id: int):
     try:
         page = usable_page(campaign)
         contact, address = _test_recipient(page)
-        compiled = compile_template(MessageSource.of(message_of(campaign)))
+        source = MessageSource.of(message_of(campaign))
+        compiled = compile_template(source)
         rendered = compiled.render(contact_variables(contact) if contact is not None else SAMPLE_VARIABLES)
         if rendered.missing:
             raise CampaignError(f"This contact has no {', '.join(sorted(rendered.missing))}.")
@@ -569,6 +547,8 @@ def test_send(campaign_id: int):
             address,
             rendered.text,
             subject=rendered.subject or "Test from Crier",
+            media_url=source.media_url,
+            media_type=source.media_type,
         )
     except CampaignError as exc:
         problem = str(exc)

@@ -8,7 +8,15 @@ from sqlalchemy import select
 from tenants.contact_book import custom_field_names
 from tenants.contacts import ContactList, Segment
 from tenants.db import db
-from tenants.segments import FIELD_OPS, MATCHES, OPERATORS, count_matching, validate_conditions
+from tenants.segments import (
+    FIELD_OPS,
+    MATCHES,
+    OPERATORS,
+    SegmentError,
+    count_matching,
+    save_segment,
+    validate_conditions,
+)
 from webapp.rendering import fragment_only, render_page
 from webapp.tenancy import member_required
 
@@ -47,21 +55,15 @@ def _builder(segment: Segment, status: int = 200, error: str | None = None, prob
     ), status
 
 
-def _save(segment: Segment, creating: bool):
+def _save(segment: Segment):
     conditions, match = _conditions_from_form()
-    segment.name = (request.form.get("name") or "").strip()[:120]
-    segment.conditions, segment.match = conditions, match
-    problems = validate_conditions(conditions, match)
-    if not segment.name:
-        problems = ["Give the segment a name.", *problems]
-    duplicate = db.session.scalar(select(Segment.id).where(Segment.name == segment.name))
-    if segment.name and duplicate is not None and duplicate != segment.id:
-        problems.append(f"There is already a segment called {segment.name}.")
-    if problems:
+    name = request.form.get("name") or ""
+    try:
+        save_segment(segment, name, conditions, match)
+    except SegmentError as exc:
         db.session.rollback()
-        return _builder(segment, 400, problems=problems)
-    if creating:
-        db.session.add(segment)
+        segment.name, segment.conditions, segment.match = name.strip()[:120], conditions, match  # as typed
+        return _builder(segment, 400, problems=exc.problems)
     db.session.commit()
     flash(f"Segment {segment.name} saved.", "success")
     return redirect(url_for("contacts.index", segment=segment.id))
@@ -79,7 +81,7 @@ def index():
 def new():
     segment = Segment(name="", conditions=[], match="all")
     if request.method == "POST":
-        return _save(segment, creating=True)
+        return _save(segment)
     return _builder(segment)
 
 
@@ -88,7 +90,7 @@ def new():
 def edit(segment_id: int):
     segment = db.get_or_404(Segment, segment_id)
     if request.method == "POST":
-        return _save(segment, creating=False)
+        return _save(segment)
     return _builder(segment)
 
 

@@ -105,7 +105,7 @@ PUBLIC_ENDPOINTS = frozenset({"api.openapi_json", "api.docs", "api.problem_types
 
 def _guard() -> Response | None:
     """Before every view but the public documents: the token, its rate limit, its idempotency key,
-    and the objects its URL names (another workspace's id is a 404 here, whatever the body)."""
+    the objects its URL names (another workspace's id is a 404 here, whatever the body), the body."""
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     auth.authenticate_request()
@@ -114,7 +114,20 @@ def _guard() -> Response | None:
     if replay is not None:
         return replay
     common.require_path_objects(request.view_args)
+    _require_json_body()
     return None
+
+
+def _require_json_body() -> None:
+    """A body, when there is one, is JSON: anything else is refused, not read as an empty object."""
+    if not request.get_data(cache=True):
+        return
+    if not request.is_json:
+        raise problems.ApiProblem(
+            "unsupported-media-type", "Send the body as JSON, with 'Content-Type: application/json'."
+        )
+    if request.get_json(silent=True) is None:
+        raise problems.ApiProblem("invalid-request", "The body is not valid JSON.")
 
 
 def guard(blueprint: Blueprint) -> Blueprint:

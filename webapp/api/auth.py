@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import wraps
 
-from flask import g, request
+from flask import current_app, g, request
 
 from tasks import logs
 from tenants import audit
@@ -83,9 +83,13 @@ def authenticate_request() -> None:
 
 
 def audit_write(response):
-    """Every change made with a token is in the audit log: method, path and answer."""
+    """Every change made with a token is in the audit log: method, path and answer (a POST that needs
+    only the read scope, such as a template preview, changes nothing)."""
     token: ApiToken | None = g.get("api_token")
     if token is None or request.method not in WRITE_METHODS or response.status_code >= 400:
+        return response
+    view = current_app.view_functions.get(request.endpoint or "")
+    if getattr(view, "required_scope", None) is Scope.READ:
         return response
     audit.record(
         "api.request",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from functools import cache
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+from sqlalchemy import BigInteger
+from sqlalchemy import inspect as sa_inspect
 
 from tenants.db import db
 from tenants.scoping import TenantScoped
@@ -21,17 +23,20 @@ ERRORS: dict[str, Any] = {
     "HTTP_404": Problem,
     "HTTP_429": Problem,
 }
-WRITE_ERRORS: dict[str, Any] = {**ERRORS, "HTTP_409": Problem, "HTTP_422": Problem}
+WRITE_ERRORS: dict[str, Any] = {**ERRORS, "HTTP_409": Problem, "HTTP_415": Problem, "HTTP_422": Problem}
 
 MAX_PAGE_SIZE = 500
 
 
-MAX_ID = 2**63 - 1  # no row has a larger id; a larger number is a 404, not a database error
+def _largest_id(model: type) -> int:
+    """No row has a larger id: a larger number is a 404, not the database's "out of range" error."""
+    id_type = sa_inspect(model).primary_key[0].type
+    return 2**63 - 1 if isinstance(id_type, BigInteger) else MAX_ID
 
 
 def get_or_404(model: type[T], object_id: int) -> T:
     """The current tenant's ``model`` row with this id, or a 404 problem (another tenant's ids too)."""
-    row = db.session.get(model, object_id) if 0 < object_id <= MAX_ID else None
+    row = db.session.get(model, object_id) if 0 < object_id <= _largest_id(model) else None
     if row is None:
         raise ApiProblem("not-found", f"No {_spoken(model)} {object_id} in this workspace.")
     return row
@@ -66,7 +71,9 @@ def require_path_objects(view_args: dict[str, Any] | None) -> None:
 class PageQuery(BaseModel):
     """Keyset pagination: ``after`` is the ``next_after`` of the previous page (ids ascending)."""
 
-    after: int | None = Field(default=None, ge=0, description="The next_after cursor of the previous page")
+    after: int | None = Field(
+        default=None, ge=0, le=2**63 - 1, description="The next_after cursor of the previous page"
+    )
     limit: int = Field(default=100, ge=1, le=MAX_PAGE_SIZE)
 
 
@@ -77,3 +84,40 @@ class PageInfo(BaseModel):
 def page_info(ids: list[int], limit: int) -> PageInfo:
     """The cursor after a page of ``ids`` fetched with ``limit + 1`` rows asked (the extra one says more)."""
     return PageInfo(next_after=ids[limit - 1] if len(ids) > limit else None)
+
+
+MAX_ID = 2**31 - 1  # ids are INTEGER columns: a larger one names nothing
+
+
+def storable_text(text: str) -> str:
+    """Refuse what PostgreSQL cannot store or compare as text (NUL, lone surrogates)."""
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    return valid_unicode(text)
+
+
+def valid_unicode(text: str) -> str:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return text
+
+
+StoredText = Annotated[str, AfterValidator(storable_text)]
+RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+def body(model: Any) -> Any:
+    """The validated JSON body; a form-encoded one was not read at all (spectree reads JSON only)."""
+    if model is None:
+        raise ApiProblem("unsupported-media-type", "Send the body as JSON (Content-Type: application/json).")
+    return model
+
+
+class IdPageQuery(PageQuery):
+    """Keyset pagination over ids ascending (``after`` as large as an id can be)."""
+
+    after: int | None = Field(
+        default=None, ge=0, le=MAX_ID, description="The next_after cursor of the previous page"
+    )
