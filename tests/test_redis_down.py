@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Auth, built_app, free_port
+from tests.conftest import ApiClient, Auth, built_app, free_port
+from tests.factories import api_token_for, tenant_named
 from webapp.devserver import start_embedded_redis
+
+PUBLIC_API_PAGES = {"/api/v1/openapi.json", "/api/v1/docs", "/api/v1/problems"}
 
 
 @pytest.fixture
@@ -46,6 +49,9 @@ def _check_everything_but_workers_works(app, stop_redis) -> None:
         as_text=True
     )
 
+    with app.app_context():
+        api = ApiClient(app, api_token_for(app, tenant_named("Acme").id), tenant_named("Acme").id)
+
     stop_redis()
 
     pages = sorted(
@@ -57,8 +63,23 @@ def _check_everything_but_workers_works(app, stop_redis) -> None:
     for page in pages:
         response = client.get(page)
         # the platform admin's console is 404 to everyone else, Redis or not; not ready without Redis
-        expected = (404,) if page.startswith("/admin") else (503,) if page == "/readyz" else (200, 302, 403)
+        expected = (
+            (404,)
+            if page.startswith("/admin")
+            else (503,)
+            if page == "/readyz"
+            else (401,)  # the API opens to a token, never to the browser's cookie
+            if page.startswith("/api/v1/") and page not in PUBLIC_API_PAGES
+            else (200, 302, 403)
+        )
         assert response.status_code in expected, f"{page} answered {response.status_code} with Redis down"
+
+    # the API stays open without its rate-limit counter; a POST's Idempotency-Key cannot be checked
+    assert api.get("/api/v1/pages").status_code == 200
+    listed = api.post("/api/v1/lists", json={"name": "Leads"})
+    assert listed.status_code == 201, listed.get_json()
+    keyed = api.post("/api/v1/lists", json={"name": "VIP"}, headers={"Idempotency-Key": "vip-1"})
+    assert keyed.status_code == 503 and keyed.get_json()["type"] == "/api/v1/problems/unavailable"
 
     refused = auth.post("/workers/ping", headers={"HX-Request": "true"})
     assert refused.status_code == 503

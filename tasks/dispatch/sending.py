@@ -82,7 +82,7 @@ class Sending:
                 flush_at = min(FLUSH_SIZE, max(1, settings.window // 2))
                 if self.outcomes and (len(self.outcomes) >= flush_at or now - last_flush >= FLUSH_EVERY):
                     last_flush = now
-                    await self.flush()
+                    await self.flush_outcomes(adapter)
                 await self.book_ready(adapter, tasks)
                 if tasks or self.ready:
                     await asyncio.sleep(TICK)
@@ -93,7 +93,7 @@ class Sending:
             self.stop = self.stop or "error"
         try:
             await self.drain(tasks, adapter)
-            await self.flush()
+            await self.flush_outcomes(adapter)
         finally:
             await adapter.aclose()
         if self.stop == "error":
@@ -102,6 +102,12 @@ class Sending:
             log.info("campaign %s: %s sends woke too late and took new slots", self.campaign_id, self.reslots)
         await asyncio.to_thread(self.after_slice)  # counts the deliveries: not on the loop others send on
         return self.stop is None and self.page_fatal is None and not self.successor_sent
+
+    async def flush_outcomes(self, adapter) -> None:
+        """Write the outcomes held, after the request times of their sends (``/metrics`` then never
+        shows an outcome without its request's time)."""
+        adapter.flush_metrics()  # here, on the loop that observes them
+        await self.flush()
 
     async def drain(self, tasks: dict[asyncio.Task, Claimed], adapter) -> None:
         """Let the sends this slice holds slots for finish, still writing outcomes and watching for
@@ -124,7 +130,7 @@ class Sending:
             await asyncio.sleep(TICK)
             if loop.time() - last_flush >= FLUSH_EVERY:
                 last_flush = loop.time()
-                await self.flush()
+                await self.flush_outcomes(adapter)
             if loop.time() - last_check >= CHECK_EVERY:
                 last_check = loop.time()
                 await asyncio.to_thread(self.check_control)

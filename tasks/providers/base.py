@@ -99,6 +99,9 @@ class ProviderAdapter(Protocol):
 
     async def verify(self) -> VerifyResult: ...
 
+    def flush_metrics(self) -> None:
+        """Write the request times observed so far (they are written in batches)."""
+
     async def aclose(self) -> None: ...
 
 

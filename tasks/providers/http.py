@@ -165,6 +165,9 @@ class HttpAdapter:
     async def verify(self) -> VerifyResult:
         return redact_verify(await self._verify(), self._secrets)
 
+    def flush_metrics(self) -> None:
+        self._latency.flush()
+
     async def aclose(self) -> None:
         self._latency.flush()
         if self._owns_client:

@@ -330,6 +330,9 @@ class SmtpAdapter:
         detail = f"connected to {self.host}:{self.port} ({security}, {login})"
         return redact_verify(VerifyResult(ok=True, detail=detail), self._secrets)
 
+    def flush_metrics(self) -> None:
+        self._latency.flush()
+
     async def aclose(self) -> None:
         self._latency.flush()
         await self._pool.aclose()

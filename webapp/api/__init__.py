@@ -15,7 +15,6 @@ from typing import Any
 from flask import Blueprint, Flask, Response, jsonify, render_template, request
 from spectree import SecurityScheme, SecuritySchemeData, SpecTree
 from spectree.models import SecureType
-from werkzeug.exceptions import HTTPException
 
 from webapp.api import auth, common, idempotency, problems, ratelimit
 from webapp.extensions import csrf
@@ -148,12 +147,3 @@ def init_app(app: Flask) -> None:
     from webapp.api import campaigns, contacts, lists, pages, templates, usage  # noqa: F401  (routes)
 
     app.register_blueprint(bp)  # spec.register is not called: its doc pages load scripts from CDNs
-
-
-def is_api_request() -> bool:
-    return request.path.startswith(bp.url_prefix + "/")
-
-
-def http_problem(error: HTTPException) -> Response:
-    """For the app's error handler: an HTTP error on an API URL (404 of an unknown route, say)."""
-    return problems.from_http_exception(error)

@@ -51,7 +51,7 @@ from webapp.api.common import (
     StoredText,
     body,
     get_or_404,
-    page_info,
+    keyset_page,
 )
 from webapp.api.problems import ApiProblem
 
@@ -404,14 +404,11 @@ def _location(campaign: Campaign) -> dict[str, str]:
 @spec.validate(query=CampaignQuery, resp=Response(HTTP_200=CampaignList, **ERRORS), tags=["campaigns"])
 def list_campaigns(query: CampaignQuery):
     """The workspace's campaigns in id order (keyset pages), optionally in one state."""
-    statement = select(Campaign).where(Campaign.id > (query.after or 0))
+    statement = select(Campaign)
     if query.state is not None:
         statement = statement.where(Campaign.state == query.state)
-    campaigns = db.session.scalars(statement.order_by(Campaign.id).limit(query.limit + 1)).all()
-    info = page_info([c.id for c in campaigns], query.limit)
-    return CampaignList(
-        data=[CampaignOut.of(c) for c in campaigns[: query.limit]], next_after=info.next_after
-    )
+    campaigns, info = keyset_page(statement, Campaign, query)
+    return CampaignList(data=[CampaignOut.of(c) for c in campaigns], next_after=info.next_after)
 
 
 @bp.post("/campaigns")

@@ -7,7 +7,7 @@ from functools import cache
 from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, Field
-from sqlalchemy import BigInteger
+from sqlalchemy import BigInteger, Select
 from sqlalchemy import inspect as sa_inspect
 
 from tenants.db import db
@@ -79,6 +79,13 @@ class PageQuery(BaseModel):
 
 class PageInfo(BaseModel):
     next_after: int | None = Field(description="Pass as ?after= for the next page; null on the last page")
+
+
+def keyset_page(statement: Select, model: Any, query: PageQuery) -> tuple[list[Any], PageInfo]:
+    """One page of ``statement``'s ``model`` rows by id ascending after ``query.after``, and its cursor."""
+    statement = statement.where(model.id > (query.after or 0)).order_by(model.id).limit(query.limit + 1)
+    rows = list(db.session.scalars(statement))
+    return rows[: query.limit], page_info([row.id for row in rows], query.limit)
 
 
 def page_info(ids: list[int], limit: int) -> PageInfo:

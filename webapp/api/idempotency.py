@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import timedelta
 
+import redis
 from flask import Response, current_app, g, request
 
 from tasks.connections import redis_client
 from webapp.api.auth import current_token
 from webapp.api.problems import ApiProblem
+
+log = logging.getLogger(__name__)
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
@@ -53,10 +57,17 @@ def claim_key() -> Response | None:
         raise ApiProblem("invalid-request", f"An {HEADER} is 1 to {MAX_KEY_LENGTH} characters.")
     client, redis_key, fingerprint = redis_client(), _redis_key(key), _fingerprint()
     running = json.dumps({"fingerprint": fingerprint, "state": "running"})
-    if client.set(redis_key, running, nx=True, ex=RUNNING_FOR):
-        g.idempotency = (redis_key, fingerprint)
-        return None
-    stored_text = client.get(redis_key)
+    try:
+        if client.set(redis_key, running, nx=True, ex=RUNNING_FOR):
+            g.idempotency = (redis_key, fingerprint)
+            return None
+        stored_text = client.get(redis_key)
+    except (redis.RedisError, OSError):
+        raise ApiProblem(
+            "unavailable",
+            f"The {HEADER} cannot be checked right now (its store is unreachable); retry shortly.",
+            headers={"Retry-After": 5},
+        ) from None
     if stored_text is None:  # it expired between the two calls
         raise ApiProblem("idempotency-key-in-use", "The first request with this key just ended; retry.")
     stored = json.loads(stored_text)
@@ -81,15 +92,21 @@ def keep_answer(response: Response) -> Response:
         return response
     redis_key, fingerprint = claimed
     client = redis_client()
-    if response.status_code >= 500:
-        client.delete(redis_key)
-        return response
-    stored = {
+    try:
+        if response.status_code >= 500:
+            client.delete(redis_key)
+        else:
+            client.set(redis_key, json.dumps(_kept(response, fingerprint)), ex=KEPT_FOR)
+    except (redis.RedisError, OSError):  # the key stays "running" until it expires (RUNNING_FOR)
+        log.exception("the answer to an Idempotency-Key could not be kept")
+    return response
+
+
+def _kept(response: Response, fingerprint: str) -> dict:
+    return {
         "fingerprint": fingerprint,
         "state": "done",
         "status": response.status_code,
         "headers": {name: response.headers[name] for name in REPLAYED_HEADERS if name in response.headers},
         "body": response.get_data(as_text=True),
     }
-    client.set(redis_key, json.dumps(stored), ex=KEPT_FOR)
-    return response

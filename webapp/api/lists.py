@@ -48,6 +48,7 @@ from webapp.api.common import (
     StoredText,
     body,
     get_or_404,
+    keyset_page,
     page_info,
 )
 from webapp.api.contacts import (
@@ -304,12 +305,8 @@ def _conditions(conditions: list[Condition]) -> list[dict[str, Any]]:
 @spec.validate(query=IdPageQuery, resp=Response(HTTP_200=SegmentsPage, **ERRORS), tags=["segments"])
 def list_segments(query: IdPageQuery):
     """The workspace's segments, oldest first, a page at a time."""
-    found = select(Segment).order_by(Segment.id).limit(query.limit + 1)
-    if query.after is not None:
-        found = found.where(Segment.id > query.after)
-    rows = list(db.session.scalars(found))
-    cursor = page_info([row.id for row in rows], query.limit)
-    return SegmentsPage(data=[SegmentOut.of(row) for row in rows[: query.limit]], **dict(cursor))
+    rows, cursor = keyset_page(select(Segment), Segment, query)
+    return SegmentsPage(data=[SegmentOut.of(row) for row in rows], **dict(cursor))
 
 
 @bp.post("/segments")

@@ -8,19 +8,24 @@ The headers follow the IETF draft "RateLimit header fields for HTTP": ``RateLimi
 
 from __future__ import annotations
 
+import logging
 import time
 
+import redis
 from flask import Response, current_app, g
 
 from tasks.connections import redis_client
 from webapp.api.auth import current_token
 from webapp.api.problems import ApiProblem
 
+log = logging.getLogger(__name__)
+
 WINDOW_SECONDS = 60
 
 
 def count_request() -> None:
-    """Count this request against its token's window; over the limit, answer 429."""
+    """Count this request against its token's window; over the limit, answer 429 (with Redis
+    unreachable, the request is not counted: the API stays open, without the headers)."""
     limit = int(current_app.config["API_REQUESTS_PER_MINUTE"])
     now = time.time()
     window = int(now // WINDOW_SECONDS)
@@ -28,7 +33,11 @@ def count_request() -> None:
     pipe = redis_client().pipeline()
     pipe.incr(key)
     pipe.expire(key, WINDOW_SECONDS + 5)
-    used, _ = pipe.execute()
+    try:
+        used, _ = pipe.execute()
+    except (redis.RedisError, OSError) as exc:  # the API stays open while its counter is unreachable
+        log.warning("API rate limit not counted: Redis unreachable (%s)", exc.__class__.__name__)
+        return
     reset = max(1, int((window + 1) * WINDOW_SECONDS - now + 0.999))
     g.rate_limit = {
         "RateLimit-Limit": limit,

@@ -34,7 +34,7 @@ from webapp.api.common import (
     StoredText,
     body,
     get_or_404,
-    page_info,
+    keyset_page,
 )
 from webapp.api.problems import ApiProblem, FieldError
 from webapp.message_templates import SAMPLE_VARIABLES
@@ -251,14 +251,11 @@ def _save(template: Template, fields: dict[str, str], creating: bool) -> Templat
 @spec.validate(query=TemplateQuery, resp=Response(HTTP_200=TemplateList, **ERRORS), tags=["templates"])
 def list_templates(query: TemplateQuery):
     """The workspace's templates, in id order (keyset pages)."""
-    statement = select(Template).where(Template.id > (query.after or 0))
+    statement = select(Template)
     if query.channel is not None:
         statement = statement.where(Template.channel == query.channel)
-    templates = db.session.scalars(statement.order_by(Template.id).limit(query.limit + 1)).all()
-    info = page_info([t.id for t in templates], query.limit)
-    return TemplateList(
-        data=[TemplateOut.of(t) for t in templates[: query.limit]], next_after=info.next_after
-    )
+    templates, info = keyset_page(statement, Template, query)
+    return TemplateList(data=[TemplateOut.of(t) for t in templates], next_after=info.next_after)
 
 
 @bp.post("/templates")
