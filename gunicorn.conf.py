@@ -58,3 +58,11 @@ logconfig_dict = {
         },
     },
 }
+
+
+def post_worker_init(worker) -> None:
+    """Once the app is loaded: the same calm garbage collector as the workers (a bulk upsert of 10,000
+    contacts makes a few million objects, which the default thresholds would walk again and again)."""
+    from tasks.runtime import calm_garbage_collector
+
+    calm_garbage_collector()
