@@ -309,12 +309,12 @@ def _stop(process: subprocess.Popen, timeout: float = 15) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-@pytest.fixture(scope="session")
-def live_server() -> Iterator[str]:
-    """The real web process (Flask + Socket.IO) on a free port; yields its base URL."""
+@contextmanager
+def web_server(name: str = "web", env_extra: dict | None = None) -> Iterator[str]:
+    """A real web process (Flask + Socket.IO) on a free port, once it answers; yields its base URL."""
     port = free_port()
     flask = str(Path(sys.executable).with_name("flask"))
-    process, log = _start("web", [flask, "--app", "wsgi", "crier", "serve", "--port", str(port)])
+    process, log = _start(name, [flask, "--app", "wsgi", "crier", "serve", "--port", str(port)], env_extra)
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
@@ -323,9 +323,18 @@ def live_server() -> Iterator[str]:
         except httpx.HTTPError:
             return False
 
-    _wait_until(healthy, 30, "the web server", process, log)
-    yield url
-    _stop(process)
+    try:
+        _wait_until(healthy, 30, "the web server", process, log)
+        yield url
+    finally:
+        _stop(process)
+
+
+@pytest.fixture(scope="session")
+def live_server() -> Iterator[str]:
+    """The real web process on a free port; yields its base URL."""
+    with web_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -17,13 +17,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tasks.sandbox.process import free_port
 from tenants.db import db
 from tenants.scoping import all_tenants
-from tests.conftest import _start, _stop, _wait_until
+from tests.conftest import web_server
 from tests.factories import api_token_for, tenant_named
 from tests.isolation import objects_of
 from webapp.api import PUBLIC_ENDPOINTS
@@ -42,24 +40,8 @@ SCHEMATHESIS = str(Path(sys.executable).with_name("st"))
 @pytest.fixture(scope="module")
 def unlimited_server() -> Iterator[str]:
     """The real web process, like ``live_server``, but with no per-token limit the fuzzer could reach."""
-    port = free_port()
-    flask = str(Path(sys.executable).with_name("flask"))
-    process, log = _start(
-        "web-api-fuzz",
-        [flask, "--app", "wsgi", "crier", "serve", "--port", str(port)],
-        {"API_REQUESTS_PER_MINUTE": str(10**9)},
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    _wait_until(healthy, 30, "the web server", process, log)
-    yield url
-    _stop(process)
+    with web_server("web-api-fuzz", {"API_REQUESTS_PER_MINUTE": str(10**9)}) as url:
+        yield url
 
 
 def test_every_operation_answers_as_its_document_says(app, auth, unlimited_server, tmp_path):
